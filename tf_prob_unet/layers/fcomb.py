@@ -1,0 +1,112 @@
+"""f_comb: combines the U-Net features with latent samples through 1x1 convolutions."""
+
+import keras
+import tensorflow as tf
+
+from tf_prob_unet.layers import initializers
+
+
+def _dense_last_axis(x, kernel, bias=None):
+  """`x @ kernel (+ bias)` over the last axis of `x` of any rank, as one 2-D matmul."""
+  shape = tf.shape(x)
+  out = tf.matmul(tf.reshape(x, [-1, tf.shape(kernel)[0]]), kernel)
+  if bias is not None:
+    out = tf.nn.bias_add(out, bias)
+  return tf.reshape(out, tf.concat([shape[:-1], tf.shape(kernel)[1:]], axis=0))
+
+
+@keras.saving.register_keras_serializable(package="tf_prob_unet")
+class FComb(keras.layers.Layer):
+  """The paper's f_comb: `[features, tile(z)] -> num_hidden x (1x1 conv, ReLU) -> 1x1 logits`.
+
+  The reference tiles z over H x W, concatenates it after the U-Net features and applies 1x1
+  convolutions. The first convolution is linear in `[features, z]`, so its result equals
+  `features @ W_f + z @ W_z + b`. `project_features` computes the feature part once per image and
+  `combine` adds the latent part for any number of samples; the weights are those of the single
+  concatenated convolution (kernel `[C + N, channels]`), so the result is identical to the
+  concatenation, only cheaper when many samples share one image.
+
+  Args:
+    num_classes: logits channels (2 for binary tasks).
+    latent_dim: N.
+    channels: channels of the hidden 1x1 convolutions (reference: the first U-Net level, 32).
+    num_hidden: hidden 1x1 convolutions (3 in the reference).
+    weight_decay: reference weight-decay coefficient for the hidden kernels (the logits kernel is
+      not decayed, as in the reference).
+
+  Call arguments:
+    features: `[B, H, W, C]` U-Net features.
+    z: `[B, N]` (one latent per image) or `[B, M, N]` (M latents per image).
+
+  Returns:
+    Logits `[B, H, W, num_classes]` for `z` of rank 2, `[B, M, H, W, num_classes]` for rank 3.
+  """
+
+  def __init__(self, num_classes, latent_dim=6, channels=32, num_hidden=3, weight_decay=1e-5,
+               **kwargs):
+    super().__init__(**kwargs)
+    self.num_classes = int(num_classes)
+    self.latent_dim = int(latent_dim)
+    self.channels = int(channels)
+    self.num_hidden = int(num_hidden)
+    if self.num_hidden < 1:
+      raise ValueError(f"FComb: `num_hidden` must be >= 1, found {num_hidden}.")
+    self.weight_decay = float(weight_decay)
+
+  def build(self, features_shape, z_shape=None):
+    self.feature_channels = int(features_shape[-1])
+    self.hidden = []
+    in_channels = self.feature_channels + self.latent_dim
+    for i in range(self.num_hidden):
+      dense = keras.layers.Dense(
+          self.channels, activation="relu", kernel_initializer=initializers.kernel_initializer(),
+          bias_initializer=initializers.bias_initializer(),
+          kernel_regularizer=initializers.kernel_regularizer(self.weight_decay),
+          name=f"hidden_{i}")
+      dense.build((None, in_channels))
+      in_channels = self.channels
+      self.hidden.append(dense)
+    self.logits = keras.layers.Dense(
+        self.num_classes, kernel_initializer=initializers.kernel_initializer(),
+        bias_initializer=initializers.bias_initializer(), name="logits")
+    self.logits.build((None, in_channels))
+
+  def project_features(self, features):
+    """The feature part of the first 1x1 conv: `[B, H, W, C] -> [B, H, W, channels]`."""
+    first = self.hidden[0]
+    kernel = tf.convert_to_tensor(first.kernel)[:self.feature_channels]
+    return _dense_last_axis(features, kernel, tf.convert_to_tensor(first.bias))
+
+  def combine(self, projected, z):
+    """Logits for M latents per image from `project_features`' output.
+
+    Args:
+      projected: `[B, H, W, channels]`.
+      z: `[B, M, N]`.
+
+    Returns:
+      `[B, M, H, W, num_classes]` logits.
+    """
+    first = self.hidden[0]
+    z_kernel = tf.convert_to_tensor(first.kernel)[self.feature_channels:]
+    z_part = tf.matmul(tf.cast(z, projected.dtype), z_kernel)  # [B, M, channels]
+    h = tf.nn.relu(projected[:, tf.newaxis] + z_part[:, :, tf.newaxis, tf.newaxis, :])
+    for dense in self.hidden[1:]:
+      h = tf.nn.relu(_dense_last_axis(h, tf.convert_to_tensor(dense.kernel),
+                                      tf.convert_to_tensor(dense.bias)))
+    return _dense_last_axis(h, tf.convert_to_tensor(self.logits.kernel),
+                            tf.convert_to_tensor(self.logits.bias))
+
+  def call(self, features, z):
+    single = len(z.shape) == 2
+    if single:
+      z = z[:, tf.newaxis]
+    logits = self.combine(self.project_features(features), z)
+    return logits[:, 0] if single else logits
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(num_classes=self.num_classes, latent_dim=self.latent_dim,
+                  channels=self.channels, num_hidden=self.num_hidden,
+                  weight_decay=self.weight_decay)
+    return config
