@@ -1,0 +1,18 @@
+"""Models behind one registry: `--model=NAME` maps to a constructor."""
+
+from tf_prob_unet.models.common import SegmentationModel
+from tf_prob_unet.models.prob_unet import ProbUNet
+
+MODELS = {
+    "prob_unet": ProbUNet,
+}
+
+
+def get_model_class(name):
+  """The model class registered under `name` (the train binary's `--model`)."""
+  if name not in MODELS:
+    raise ValueError(f"--model: expected one of {sorted(MODELS)}, found {name!r}.")
+  return MODELS[name]
+
+
+__all__ = ["MODELS", "ProbUNet", "SegmentationModel", "get_model_class"]

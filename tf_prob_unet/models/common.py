@@ -1,0 +1,127 @@
+"""What every segmentation model of the package shares: the sampling contract and the train step."""
+
+import keras
+import tensorflow as tf
+
+
+def normal_noise(shape, seed=None):
+  """Standard normal noise of `shape`.
+
+  Args:
+    shape: a shape (list or 1-D int tensor).
+    seed: None (non-repeatable, TF's stateful generator), a Python int, or a `[2]` int tensor;
+      an int or tensor seed gives the same noise every time (stateless RNG).
+  """
+  if seed is None:
+    return tf.random.normal(shape)
+  seed = tf.convert_to_tensor(seed)
+  if seed.shape.rank == 0:
+    seed = tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)])
+  return tf.random.stateless_normal(shape, seed=tf.cast(seed, tf.int64))
+
+
+def split_batch(data):
+  """`(images, labels)` from a `(images, labels)` tuple or an `{"image", "label"}` dict."""
+  if isinstance(data, dict):
+    return data["image"], data["label"]
+  images, labels = data[0], data[1]
+  return images, labels
+
+
+class SegmentationModel(keras.Model):
+  """Base class: the `sample(images, num_samples)` contract and a distribution-aware train step.
+
+  Subclasses implement `sample_logits(images, num_samples, seed)` (`[B, M, H, W, K]` logits) and
+  `loss_terms(images, labels, seed, training)` (a dict of scalar terms including `"loss"`), and
+  call `_init_trackers(...)` with the names of the terms they report.
+
+  Args:
+    num_classes: number of classes K.
+    ignore_index: label value excluded from the loss.
+    seed: base seed of the training-time noise.
+  """
+
+  def __init__(self, num_classes=2, ignore_index=255, seed=0, **kwargs):
+    super().__init__(**kwargs)
+    if int(num_classes) < 2:
+      raise ValueError(f"{type(self).__name__}: `num_classes` must be >= 2 (binary tasks use 2), "
+                       f"found {num_classes}.")
+    self.num_classes = int(num_classes)
+    self.ignore_index = None if ignore_index is None else int(ignore_index)
+    self.seed = int(seed)
+
+  def _init_trackers(self, *names):
+    self.tracker_names = tuple(names)
+    self.trackers = [keras.metrics.Mean(name=n) for n in names]
+
+  @property
+  def metrics(self):
+    return list(self.trackers)
+
+  def weight_decay_loss(self):
+    """Sum of the kernel regularisers (the reference's weight decay), a scalar."""
+    regs = self.losses
+    return tf.add_n(regs) if regs else tf.constant(0.0)
+
+  def _step_seed(self, stream):
+    """A `[2]` seed from the base seed, a stream id, the optimizer step and the replica id."""
+    replica = tf.distribute.get_replica_context()
+    replica_id = 0 if replica is None else replica.replica_id_in_sync_group
+    step = self.optimizer.iterations if getattr(self, "optimizer", None) is not None else 0
+    first = (tf.cast(self.seed, tf.int64) * 1_000_003 + stream * 7919
+             + tf.cast(replica_id, tf.int64))
+    return tf.stack([first, tf.cast(step, tf.int64)])
+
+  def _update_trackers(self, terms):
+    for name, tracker in zip(self.tracker_names, self.trackers):
+      tracker.update_state(terms[name])
+    return {t.name: t.result() for t in self.trackers}
+
+  def train_step(self, data):
+    images, labels = split_batch(data)
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    with tf.GradientTape() as tape:
+      terms = self.loss_terms(images, labels, self._step_seed(1), training=True)
+      # Gradients are summed over replicas; each replica's loss is a mean over its own images.
+      scaled = terms["loss"] / replicas
+    grads = tape.gradient(scaled, self.trainable_variables)
+    self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+    return self._update_trackers(terms)
+
+  def test_step(self, data):
+    images, labels = split_batch(data)
+    terms = self.loss_terms(images, labels, self._step_seed(2), training=False)
+    return self._update_trackers(terms)
+
+  def sample_logits(self, images, num_samples=1, seed=None):
+    raise NotImplementedError
+
+  def sample(self, images, num_samples=1, seed=None, return_logits=False, return_probs=False):
+    """Draws `num_samples` segmentations per image.
+
+    Args:
+      images: `[B, H, W, C]` float images, normalised as in training.
+      num_samples: M, samples per image.
+      seed: None, an int or a `[2]` int tensor; a seed makes the draw repeatable.
+      return_logits: also return the logits.
+      return_probs: also return the softmax probabilities.
+
+    Returns:
+      `[B, M, H, W]` int32 label maps; with `return_logits` / `return_probs` a tuple
+      `(labels, logits?, probs?)` whose extra entries are `[B, M, H, W, K]`.
+    """
+    logits = self.sample_logits(images, num_samples=num_samples, seed=seed)
+    labels = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    if not (return_logits or return_probs):
+      return labels
+    out = (labels,)
+    if return_logits:
+      out += (logits,)
+    if return_probs:
+      out += (tf.nn.softmax(logits, axis=-1),)
+    return out
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(num_classes=self.num_classes, ignore_index=self.ignore_index, seed=self.seed)
+    return config
