@@ -46,8 +46,9 @@ GED (`ged`).
 NaN rules.
   * A NaN distance (multi-class, all evaluated classes absent from both masks) is dropped from
     its expectation: each expectation is `sum(weight * d) / sum(weight)` over the non-NaN
-    pairs (a nanmean with renormalised weights). The reference's own code instead lets one NaN
-    pair make the whole image NaN; the two agree whenever no pair is NaN.
+    pairs (a nanmean with renormalised weights). The reference's probability-weighted code
+    instead averages / sums over pairs with NaN propagation, so one NaN pair makes its image
+    NaN (its unweighted variant takes a nanmean for d_YY only); all agree when no pair is NaN.
   * An expectation with no non-NaN pair is NaN, and so is the image's GED. Functions return
     NaN for such images; callers must drop them (the reference notebook drops NaN images
     before averaging, MoSE takes a nanmean) and say how many were dropped.
@@ -62,6 +63,12 @@ Sample diversity (`sample_diversity`).
   `E[d(S, S')]` over pairs `i != i'` (SSN's definition; needs `S >= 2`).
 
 S_NCC (`s_ncc`): see its docstring for the exact formula (PHiSeg's).
+
+Implementation.
+  Per evaluated class, every mask's indicator is bit-packed (64 pixels per uint64 word) and the
+  intersections of all needed mask pairs are popcounts of word-wise ANDs, restricted per image
+  to the span of words that some mask occupies. Counts are exact integers, so results do not
+  depend on the chunking.
 
 Mode statistics (`assign_modes`, `mode_statistics`, `pixel_flip_rates`).
   Each sample is assigned to `argmin_m d(Y_m, S)` over modes with non-zero probability; ties go
@@ -87,11 +94,11 @@ __all__ = [
     "pixel_flip_rates",
 ]
 
-# Elements (masks x pixels) of one image chunk; bounds the float32 one-hot buffers (~64 MB).
-_CHUNK_ELEMENTS = 1 << 24
+# Elements (masks x pixels) of one image chunk: bounds the per-class indicator buffers.
+_CHUNK_ELEMENTS = 1 << 22
 _MAX_CHUNK_IMAGES = 64
-# float32 sums of 0/1 products are exact up to 2**24.
-_FLOAT32_EXACT = 1 << 24
+# Bytes of one block of pair products (kept cache-sized).
+_PAIR_BYTES = 1 << 18
 _WEIGHT_ATOL = 1e-5
 
 
@@ -115,12 +122,20 @@ def _as_labels(x, name, rank=4):
 
 
 def _check_values(x, name, num_classes, ignore_index):
-  """Raises ValueError if `x` holds labels outside `[0, num_classes)` other than `ignore_index`."""
+  """Checks the label range of `x`.
+
+  Returns:
+    True if `x` holds only the labels 0 and 1.
+
+  Raises:
+    ValueError: if `x` holds labels outside `[0, num_classes)` other than `ignore_index`.
+  """
   if x.size == 0:
-    return
-  lo, hi = x.min(), x.max()
+    return True
+  hi = x.max()
+  lo = 0 if x.dtype.kind in "bu" else x.min()
   if lo >= 0 and hi < num_classes:
-    return
+    return bool(hi <= 1)
   bad = (x < 0) | (x >= num_classes)
   if ignore_index is not None:
     bad &= x != ignore_index
@@ -128,6 +143,7 @@ def _check_values(x, name, num_classes, ignore_index):
     found = np.unique(x[bad])[:10].tolist()
     allowed = f"[0, {num_classes})" + ("" if ignore_index is None else f" or {ignore_index}")
     raise ValueError(f"`{name}` must hold labels in {allowed}; found {found}.")
+  return False
 
 
 def _check_num_classes(num_classes):
@@ -156,7 +172,7 @@ def _resolve_classes(num_classes, class_ids, ignore_index):
 
 
 def _check_pair(a, a_name, b, b_name):
-  """Checks that two `[B, *, H, W]` arrays agree on B, H and W and have masks."""
+  """Checks that two `[B, *, H, W]` arrays agree on B, H and W."""
   if a.shape[0] != b.shape[0]:
     raise ValueError(f"`{a_name}` and `{b_name}` must have the same number of images B; "
                      f"got {a.shape[0]} and {b.shape[0]}.")
@@ -172,10 +188,10 @@ def _check_nonempty(x, name, minimum=1, why=""):
 
 
 def _labels(x, name, num_classes, ignore_index, minimum=1, why=""):
+  """Validated `[B, S, H, W]` labels and whether they hold only 0 and 1."""
   x = _as_labels(x, name)
   _check_nonempty(x, name, minimum, why)
-  _check_values(x, name, num_classes, ignore_index)
-  return x
+  return x, _check_values(x, name, num_classes, ignore_index)
 
 
 def _check_weights(weights, batch, count, name):
@@ -218,10 +234,10 @@ def _void_valid(refs, ignore_index, weights=None):
 # ----------------------------------------------------------------------------------------------
 # Core: bit-packed class indicators and pairwise intersection counts.
 #
-# Every mask's indicator of one class (zeroed on void pixels) is packed to bits (`np.packbits`,
-# 64 pixels per uint64 word). The intersection of two masks is the popcount of the AND of
-# their words. Words that are zero in every mask of an image are dropped before the pair
-# products, which makes the cost proportional to the area the masks cover.
+# Every mask's indicator of one class (zeroed on void pixels) is packed to bits, 64 pixels
+# (in row-major order) per uint64 word. The intersection of two masks is the popcount of the
+# AND of their words. Per image, only the span of words that is non-zero in some mask enters
+# the pair products, so the cost follows the area the masks cover rather than the image size.
 
 
 def _chunk_images(per_image_elements):
@@ -232,13 +248,13 @@ def _pack(x, c, valid, plain):
   """Bit-packs the indicator of label `c`.
 
   Args:
-    x: `[n, M, P]` labels.
+    x: `[n, M, P]` labels (pixels flattened).
     c: class id.
     valid: `[n, 1, P]` bool or None.
     plain: `x` holds only 0 and 1, `c == 1` and `valid` is None: pack `x` as it is.
 
   Returns:
-    `[n, M, W]` uint64 words, `W = ceil(P / 64)`.
+    `[n, M, W]` uint64 words, `W = ceil(P / 64)`; zero bits pad the last word.
   """
   if plain:
     m = x
@@ -269,21 +285,27 @@ def _pair_counts(q, pi, pj):
   inter = np.zeros((n, len(pi)), np.int64)
   if len(pi) == 0:
     return sizes, inter
-  # Move each image's non-zero words to the front; the rest contributes nothing.
-  nonzero = q.any(axis=1)  # [n, W]
-  kept = nonzero.sum(axis=1)
-  width = int(kept.max())
-  if width == 0:
+  # Per image, the span [first, stop) of words that are non-zero in some mask.
+  nonzero = np.bitwise_or.reduce(q, axis=1) != 0  # [n, W]
+  occupied = nonzero.any(axis=1)
+  first = np.where(occupied, nonzero.argmax(axis=1), words)
+  stop = np.where(occupied, words - nonzero[:, ::-1].argmax(axis=1), 0)
+  span = int(np.max(stop - first, initial=0))
+  if span <= 0:
     return sizes, inter
-  if width < words:
-    order = np.argsort(~nonzero, axis=1, kind="stable")[:, :width]
-    q = np.take_along_axis(q, order[:, None, :], axis=2)
-  step = max(1, _PAIR_BYTES // (len(pi) * width * 8))
-  for lo in range(0, n, step):
-    hi = min(n, lo + step)
-    w = max(int(kept[lo:hi].max()), 1)
-    block = q[lo:hi, :, :w]
-    inter[lo:hi] = np.bitwise_count(block[:, pi] & block[:, pj]).sum(axis=-1, dtype=np.int64)
+  # Blocks of a few images keep the pair products cache-sized.
+  step = max(1, _PAIR_BYTES // (len(pi) * span * 8))
+  starts = np.arange(0, n, step)
+  lows = np.minimum.reduceat(first, starts).tolist()
+  highs = np.maximum.reduceat(stop, starts).tolist()
+  acc = np.uint32 if words * 64 < 2**32 else np.int64
+  for lo, start, end in zip(starts.tolist(), lows, highs):
+    if end <= start:
+      continue
+    block = q[lo:lo + step, :, start:end]
+    both = block[:, pi]
+    both &= block[:, pj]
+    inter[lo:lo + step] = np.bitwise_count(both).sum(axis=-1, dtype=acc)
   return sizes, inter
 
 
@@ -302,8 +324,8 @@ def _pair_distances(groups, plains, valid, binary, classes, pi, pj):
     `(d [B, K], self_d [B, M])`: pair distances, and `d(m, m)` of every mask (0, or NaN in
     the multi-class convention when the mask holds no evaluated class).
   """
-  batch = groups[0].shape[0]
-  pixels = groups[0].shape[2] * groups[0].shape[3]
+  batch, _, height, width = groups[0].shape
+  pixels = height * width
   counts = [g.shape[1] for g in groups]
   total = sum(counts)
   d = np.empty((batch, len(pi)))
@@ -403,11 +425,11 @@ def iou_distance_matrix(a, b, *, num_classes=2, class_ids=None, ignore_index=Non
     ValueError: on malformed inputs (rank, shapes, label values, class ids).
   """
   binary, classes = _resolve_classes(num_classes, class_ids, ignore_index)
-  a = _labels(a, "a", num_classes, ignore_index)
-  b = _labels(b, "b", num_classes, ignore_index)
+  a, plain_a = _labels(a, "a", num_classes, ignore_index)
+  b, plain_b = _labels(b, "b", num_classes, ignore_index)
   _check_pair(a, "a", b, "b")
   valid = _void_valid(b, ignore_index)
-  return _distance_matrix(a, b, valid, binary, classes)
+  return _cross_distances(a, plain_a, b, plain_b, valid, binary, classes)
 
 
 def ged(samples, references, reference_weights=None, *, num_classes=2, class_ids=None,
@@ -439,15 +461,17 @@ def ged(samples, references, reference_weights=None, *, num_classes=2, class_ids
     ValueError: on malformed inputs.
   """
   binary, classes = _resolve_classes(num_classes, class_ids, ignore_index)
-  samples = _labels(samples, "samples", num_classes, ignore_index, minimum=2 if unbiased else 1,
-                    why=" with unbiased=True" if unbiased else "")
-  references = _labels(references, "references", num_classes, ignore_index)
+  samples, plain_s = _labels(samples, "samples", num_classes, ignore_index,
+                             minimum=2 if unbiased else 1,
+                             why=" with unbiased=True" if unbiased else "")
+  references, plain_r = _labels(references, "references", num_classes, ignore_index)
   _check_pair(samples, "samples", references, "references")
   batch, s = samples.shape[:2]
   r = references.shape[1]
   w = _check_weights(reference_weights, batch, r, "reference_weights")
   valid = _void_valid(references, ignore_index, w)
-  d_sy, d_ss, d_yy = _joint_distances(samples, references, valid, binary, classes)
+  d = _self_distances([samples, references], [plain_s, plain_r], valid, binary, classes)
+  d_sy, d_ss, d_yy = d[:, :s, s:], d[:, :s, :s], d[:, s:, s:]
 
   w_sy = w[:, None, :] / s
   w_ss = np.full((1, s, s), 1.0 / (s * s))
@@ -488,21 +512,20 @@ def hungarian_matched_iou(samples, references, *, num_classes=2, class_ids=None,
     ValueError: on malformed inputs.
   """
   binary, classes = _resolve_classes(num_classes, class_ids, ignore_index)
-  samples = _labels(samples, "samples", num_classes, ignore_index)
-  references = _labels(references, "references", num_classes, ignore_index)
+  samples, plain_s = _labels(samples, "samples", num_classes, ignore_index)
+  references, plain_r = _labels(references, "references", num_classes, ignore_index)
   _check_pair(samples, "samples", references, "references")
   valid = _void_valid(references, ignore_index)
-  d = _distance_matrix(samples, references, valid, binary, classes)
+  d = _cross_distances(samples, plain_s, references, plain_r, valid, binary, classes)
   s, r = d.shape[1:]
   size = s * r // math.gcd(s, r)
-  rows = np.arange(size) % s
-  cols = np.arange(size) % r
-  tiled = d[:, rows[:, None], cols[None, :]]
+  rows = (np.arange(size) % s)[:, None]
+  cols = (np.arange(size) % r)[None, :]
   out = np.empty(d.shape[0])
   for i in range(d.shape[0]):
-    cost = np.where(np.isnan(tiled[i]), 1.0, tiled[i])
-    ri, ci = linear_sum_assignment(cost)
-    matched = tiled[i][ri, ci]
+    tiled = d[i][rows, cols]  # [L, L]
+    ri, ci = linear_sum_assignment(np.where(np.isnan(tiled), 1.0, tiled))
+    matched = tiled[ri, ci]
     ok = ~np.isnan(matched)
     out[i] = 1.0 - matched[ok].mean() if ok.any() else np.nan
   return out
@@ -529,14 +552,14 @@ def sample_diversity(samples, *, num_classes=2, class_ids=None, ignore_index=Non
     ValueError: on malformed inputs.
   """
   binary, classes = _resolve_classes(num_classes, class_ids, ignore_index)
-  samples = _labels(samples, "samples", num_classes, ignore_index, minimum=2,
-                    why=" for pairs i != i'")
+  samples, plain_s = _labels(samples, "samples", num_classes, ignore_index, minimum=2,
+                             why=" for pairs i != i'")
   valid = None
   if ignore_mask_from is not None:
-    refs = _labels(ignore_mask_from, "ignore_mask_from", num_classes, ignore_index)
+    refs, _ = _labels(ignore_mask_from, "ignore_mask_from", num_classes, ignore_index)
     _check_pair(samples, "samples", refs, "ignore_mask_from")
     valid = _void_valid(refs, ignore_index)
-  d = _distance_matrix(samples, None, valid, binary, classes)
+  d = _self_distances([samples], [plain_s], valid, binary, classes)
   s = d.shape[1]
   w = (~np.eye(s, dtype=bool))[None].astype(np.float64)
   return _weighted_nanmean(d, w)
@@ -555,7 +578,7 @@ def s_ncc(samples, references, *, num_classes=2, eps=1e-7, ignore_index=None):
 
   where NCC is the Pearson correlation over (valid) pixels. For one-hot samples
   `E_s[log(s_c + eps)] = sbar_c log(1 + eps) + (1 - sbar_c) log(eps)`, which is how the maps are
-  computed (exactly, without materialising the per-sample maps). `A` is thus an affine
+  computed (exactly, from per-pixel class counts, without materialising per-sample maps). `A` is thus an affine
   function of the pixel-wise Gini impurity `1 - sum_c sbar_c^2` and `B_j` of the fraction of
   samples disagreeing with `y_j`. If `A` or `B_j` has zero variance over the pixels, that NCC
   is NaN; the mean over references skips NaN entries and is NaN only if all are NaN (e.g. all
@@ -576,61 +599,68 @@ def s_ncc(samples, references, *, num_classes=2, eps=1e-7, ignore_index=None):
     ValueError: on malformed inputs.
   """
   _resolve_classes(num_classes, None, ignore_index)
-  samples = _labels(samples, "samples", num_classes, ignore_index)
-  references = _labels(references, "references", num_classes, ignore_index)
+  samples, _ = _labels(samples, "samples", num_classes, ignore_index)
+  references, _ = _labels(references, "references", num_classes, ignore_index)
   _check_pair(samples, "samples", references, "references")
   if not eps > 0:
     raise ValueError(f"`eps` must be > 0; got {eps}.")
   batch, s = samples.shape[:2]
   r = references.shape[1]
   pixels = samples.shape[2] * samples.shape[3]
+  bins = num_classes + 1  # the last bin collects void sample pixels
   valid_all = _void_valid(references, ignore_index)
-  log1, log0 = np.log1p(eps), np.log(eps)
+  log0 = np.log(eps)
+  delta = np.log1p(eps) - log0  # E_s[log(s_c + eps)] = log0 + sbar_c * delta
   out = np.empty(batch)
-  step = _chunk_images((s + r + 2 * num_classes) * pixels)
+  step = _chunk_images((2 * s + bins + 3 * r) * pixels)
   for lo in range(0, batch, step):
     hi = min(batch, lo + step)
     n = hi - lo
     xs = samples[lo:hi].reshape(n, s, pixels)
     ys = references[lo:hi].reshape(n, r, pixels)
-    # g[:, c] = E_s[log(s_c + eps)], [n, C, P].
-    g = np.empty((n, num_classes, pixels))
-    a_map = np.zeros((n, pixels))
-    for c in range(num_classes):
-      sbar = np.count_nonzero(xs == c, axis=1) / s
-      g[:, c] = sbar * log1 + (1.0 - sbar) * log0
-      a_map -= sbar * g[:, c]
+    # Per-pixel class counts over the samples, [n, P, C + 1].
+    labels = xs if ignore_index is None else np.where(xs == ignore_index, num_classes, xs)
+    cell = (np.arange(n)[:, None, None] * pixels + np.arange(pixels)[None, None, :]) * bins
+    counts = np.bincount((cell + labels).ravel(), minlength=n * pixels * bins)
+    counts = counts.reshape(n, pixels, bins)
+    # A = -sum_c sbar_c (log0 + sbar_c delta), with sbar_c = counts_c / S.
+    in_class = (s - counts[..., num_classes]) / s
+    square = np.einsum("npc,npc->np", counts[..., :num_classes], counts[..., :num_classes])
+    a_map = -(log0 * in_class + delta * square / (s * s))
+    # Pixel-major layout from here on: [n, P, R].
+    yi = np.ascontiguousarray(ys.transpose(0, 2, 1)).astype(np.intp)
     if valid_all is None:
-      valid = np.ones((n, 1, pixels), bool)
-      yi = ys
+      valid = np.ones((n, pixels, 1), bool)
     else:
-      valid = valid_all[lo:hi].reshape(n, 1, pixels)
-      yi = np.where(valid, ys, 0)
-    b_maps = -np.take_along_axis(g, yi.astype(np.intp), axis=1)  # [n, R, P]
-    out[lo:hi] = _mean_pearson(a_map[:, None, :], b_maps, valid)
+      valid = valid_all[lo:hi].reshape(n, pixels, 1)
+      yi = np.where(valid, yi, 0)
+    # B_j = -(log0 + sbar_{y_j} delta).
+    agree = np.take_along_axis(counts, yi, axis=2) / s
+    b_maps = -(log0 + delta * agree)
+    out[lo:hi] = _mean_pearson(a_map[:, :, None], b_maps, valid)
   return out
 
 
 def _mean_pearson(a, b, valid):
-  """Mean over references of the Pearson correlation of `a` `[n, 1, P]` and `b` `[n, R, P]`.
+  """Mean over references of the Pearson correlation of `a` `[n, P, 1]` and `b` `[n, P, R]`.
 
-  Pixels where `valid` `[n, 1, P]` is False are ignored; a zero-variance map gives NaN.
+  Pixels where `valid` `[n, P, 1]` is False are ignored. A map whose variance is zero (up to
+  rounding: below 1e-24 of its mean square) gives NaN; NaN correlations are skipped in the
+  mean, which is NaN only if all are NaN.
   """
-  wv = valid.astype(np.float64)
-  count = wv.sum(axis=-1, keepdims=True)
-  count = np.maximum(count, 1.0)
-  ma = (a * wv).sum(axis=-1, keepdims=True) / count
-  mb = (b * wv).sum(axis=-1, keepdims=True) / count
-  da = (a - ma) * wv
-  db = (b - mb) * wv
-  va = (da * da).sum(axis=-1)
-  vb = (db * db).sum(axis=-1)
-  cov = (da * db).sum(axis=-1)
-  # Zero variance up to rounding of the mean: relative threshold on the map's scale.
-  scale_a = (np.abs(a) * wv).max(axis=-1) + 1.0
-  scale_b = (np.abs(b) * wv).max(axis=-1) + 1.0
-  ok = (va > (1e-12 * scale_a) ** 2 * count[..., 0]) & (vb > (1e-12 * scale_b) ** 2 * count[..., 0])
-  ncc = np.divide(cov, np.sqrt(va * vb), out=np.full_like(cov, np.nan), where=ok)
+  w = valid.astype(np.float64)
+  count = np.maximum(w.sum(axis=1), 1.0)  # [n, 1]
+  ma = np.einsum("npk,npk->nk", a, w) / count
+  mb = np.einsum("npr,npk->nr", b, w) / count
+  da = (a - ma[:, None, :]) * w
+  db = b - mb[:, None, :]
+  va = np.einsum("npk,npk->nk", da, da)
+  vb = np.einsum("npr,npr,npk->nr", db, db, w)
+  cov = np.einsum("npr,npk->nr", db, da)
+  sq_a = np.einsum("npk,npk,npk->nk", a, a, w)
+  sq_b = np.einsum("npr,npr,npk->nr", b, b, w)
+  ok = (va > 1e-24 * sq_a) & (vb > 1e-24 * sq_b)
+  ncc = np.divide(cov, np.sqrt(va * vb), out=np.full(cov.shape, np.nan), where=ok)
   finite = ~np.isnan(ncc)
   num = np.where(finite, ncc, 0.0).sum(axis=-1)
   den = finite.sum(axis=-1)
@@ -657,12 +687,12 @@ def assign_modes(samples, modes, mode_probs, *, num_classes=2, class_ids=None, i
     ValueError: on malformed inputs.
   """
   binary, classes = _resolve_classes(num_classes, class_ids, ignore_index)
-  samples = _labels(samples, "samples", num_classes, ignore_index)
-  modes = _labels(modes, "modes", num_classes, ignore_index)
+  samples, plain_s = _labels(samples, "samples", num_classes, ignore_index)
+  modes, plain_m = _labels(modes, "modes", num_classes, ignore_index)
   _check_pair(samples, "samples", modes, "modes")
   p = _check_weights(mode_probs, modes.shape[0], modes.shape[1], "mode_probs")
   valid = _void_valid(modes, ignore_index, p)
-  d = _distance_matrix(samples, modes, valid, binary, classes)  # [B, S, M]
+  d = _cross_distances(samples, plain_s, modes, plain_m, valid, binary, classes)  # [B, S, M]
   # d lies in [0, 1]: 2 stands for NaN (+inf), 3 for excluded modes.
   key = np.where(np.isnan(d), 2.0, d)
   key = np.where((p > 0)[:, None, :], key, 3.0)
@@ -705,7 +735,7 @@ def mode_statistics(samples, modes, mode_probs, *, num_samples=(1, 4, 8, 16), nu
   Raises:
     ValueError: on malformed inputs.
   """
-  samples = _labels(samples, "samples", num_classes, ignore_index)
+  samples, _ = _labels(samples, "samples", num_classes, ignore_index)
   s = samples.shape[1]
   ns = [int(n) for n in np.atleast_1d(np.asarray(num_samples)).tolist()]
   bad = [n for n in ns if not 1 <= n <= s]
@@ -735,14 +765,12 @@ def mode_statistics(samples, modes, mode_probs, *, num_samples=(1, 4, 8, 16), nu
     per_image = _per_image_tv(counts, n, p)
     # Perfect sampler: inverse-CDF draws of n modes per image, floor_repeats times.
     rng = np.random.default_rng([seed, n])
-    u = rng.random((floor_repeats, batch, n))
-    drawn = (u[..., None] >= cdf[None, :, None, :]).sum(axis=-1)
-    drawn = np.minimum(drawn, num_modes - 1)
-    rep_offsets = (np.arange(floor_repeats)[:, None] * batch + np.arange(batch)[None, :])
-    flat_sim = (drawn + (rep_offsets * num_modes)[..., None]).ravel()
-    sim = np.bincount(flat_sim, minlength=floor_repeats * batch * num_modes)
-    sim = sim.reshape(floor_repeats, batch, num_modes)
-    floor = _per_image_tv(sim, n, p[None]).mean()
+    floor = 0.0
+    for _ in range(floor_repeats):
+      u = rng.random((batch, n))
+      drawn = np.minimum((u[..., None] >= cdf[:, None, :]).sum(axis=-1), num_modes - 1)
+      sim = np.bincount((drawn + offsets).ravel(), minlength=batch * num_modes)
+      floor += _per_image_tv(sim.reshape(batch, num_modes), n, p).mean() / floor_repeats
     result["mode_freq_sampled"][key] = pooled.tolist()
     result["mode_tv"][key] = float(0.5 * np.abs(pooled - true).sum())
     result["mode_tv_per_image"][key] = float(per_image.mean())

@@ -16,3 +16,10 @@ def get_model_class(name):
 
 
 __all__ = ["MODELS", "ProbUNet", "SegmentationModel", "get_model_class"]
+
+
+def filter_kwargs(name, kwargs):
+  """The subset of `kwargs` that the constructor of model `name` accepts."""
+  import inspect
+  params = inspect.signature(get_model_class(name).__init__).parameters
+  return {k: v for k, v in kwargs.items() if k in params}

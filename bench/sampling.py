@@ -1,0 +1,62 @@
+"""Cost of sampling: one U-Net forward vs `sample` with m = 1, 4, 16, 100 vs naive re-runs.
+
+Prints one JSON line. Configuration: batch 8, 128x128x1 images, channels (32, 64, 128, 192),
+latent 6, 2 classes (LIDC size). Times are medians per image.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from bench.common import emit, machine, timeit  # noqa: E402
+from tf_prob_unet.models import ProbUNet  # noqa: E402
+
+BATCH, SIZE, CHANNELS = 8, 128, (32, 64, 128, 192)
+COUNTS = (1, 4, 16, 100)
+
+
+def main():
+  model = ProbUNet(num_classes=2, channels=CHANNELS)
+  model.build((None, SIZE, SIZE, 1))
+  images = tf.constant(np.random.default_rng(0).random((BATCH, SIZE, SIZE, 1), np.float32))
+  seed = tf.constant([0, 1], tf.int64)
+
+  unet_forward = tf.function(lambda x: model.unet(x, training=False))
+  t_unet = timeit(lambda: unet_forward(images).numpy())
+  t_sample = {}
+  for m in COUNTS:
+    fn = tf.function(lambda x, m=m: model.sample(x, m, seed=seed))
+    t_sample[m] = timeit(lambda fn=fn: fn(images).numpy(), repeats=3 if m == 100 else 5)
+
+  def naive(x, m):
+    # What a port without the shared computation does: the whole network once per sample.
+    outs = []
+    for i in range(m):
+      outs.append(model.sample(x, 1, seed=seed + i))
+    return tf.concat(outs, axis=1)
+  naive16 = tf.function(lambda x: naive(x, 16))
+  t_naive16 = timeit(lambda: naive16(images).numpy(), repeats=3, warmup=1)
+
+  per_image = lambda t: t / BATCH  # noqa: E731
+  record = {
+      "config": {"batch": BATCH, "size": SIZE, "channels": list(CHANNELS), "latent_dim": 6,
+                 "num_classes": 2},
+      **machine(),
+      "unet_forward_s_per_image": per_image(t_unet),
+      **{f"sample{m}_s_per_image": per_image(t_sample[m]) for m in COUNTS},
+      "naive16_s_per_image": per_image(t_naive16),
+      **{f"sample{m}_over_unet_forward": t_sample[m] / t_unet for m in COUNTS},
+      "naive16_over_sample16": t_naive16 / t_sample[16],
+      "targets": {"sample16_over_unet_forward": "<= 1.7", "sample100_over_unet_forward": "<= 2.6",
+                  "naive16_over_sample16": ">= 10"},
+  }
+  emit(record)
+
+
+if __name__ == "__main__":
+  main()

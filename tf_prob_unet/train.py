@@ -1,0 +1,109 @@
+r"""Trains a model: `python -m tf_prob_unet.train --flagfile=synthetic.flags`.
+
+A thin absl main: flags -> `train_lib.TrainConfig` -> `train_lib.run`. Bad flags stop with one
+line naming the flag, what was expected and what was found.
+"""
+
+import dataclasses
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from tf_prob_unet import train_lib  # noqa: E402
+
+_D = train_lib.TrainConfig()
+_HELP = {
+    "model": "Model name: prob_unet (the baselines add theirs).",
+    "dataset": "TFDS dataset NAME/CONFIG, e.g. synthetic_ambiguous/lidc_like.",
+    "data_dir": "TFDS data directory (empty: TFDS's default ~/tensorflow_datasets).",
+    "model_dir": "Run directory: checkpoints, summaries, flags.cfg. An existing run resumes.",
+    "train_steps": "Total optimizer steps.",
+    "batch_size": "Global batch size (split over replicas).",
+    "strategy": "default | mirrored | multi_worker_mirrored.",
+    "seed": "Seed of initialisation, data order and latent draws.",
+    "channels": "Channels per U-Net level, e.g. 32,64,128,192.",
+    "convs_per_block": "3x3 convolutions per block.",
+    "latent_dim": "Latent size N.",
+    "fcomb_channels": "f_comb hidden channels (0: channels[0]).",
+    "num_fcomb_hidden": "Hidden 1x1 convolutions of f_comb.",
+    "upsample_mode": "align_corners (reference) | half_pixel.",
+    "log_sigma_bound": "Soft bound on |log sigma| of prior and posterior (0: none).",
+    "beta": "Weight of the KL term.",
+    "kl_estimate": "analytic | sampled.",
+    "weight_decay": "Reference weight decay: coefficient of sum(w^2)/2 over kernels.",
+    "lr_values": "Piecewise-constant learning rates.",
+    "lr_boundaries": "Steps where the learning rate changes.",
+    "checkpoint_every": "Steps between checkpoints.",
+    "keep_checkpoints": "Checkpoints kept.",
+    "summary_every": "Steps between TensorBoard scalar summaries.",
+    "log_every": "Steps between console progress lines.",
+    "eval_every": "Steps between validation terms and sample grids.",
+    "eval_batches": "Validation batches (of 4) per evaluation.",
+    "shuffle_buffer": "Examples in the shuffle buffer.",
+}
+
+
+def _define_flags():
+  for field in dataclasses.fields(train_lib.TrainConfig):
+    default = getattr(_D, field.name)
+    help_ = _HELP[field.name]
+    if isinstance(default, bool):
+      flags.DEFINE_bool(field.name, default, help_)
+    elif isinstance(default, int):
+      flags.DEFINE_integer(field.name, default, help_)
+    elif isinstance(default, float):
+      flags.DEFINE_float(field.name, default, help_)
+    elif isinstance(default, tuple):
+      if all(isinstance(v, int) for v in default):
+        flags.DEFINE_list(field.name, [str(v) for v in default], help_)
+      else:
+        flags.DEFINE_list(field.name, [repr(v) for v in default], help_)
+    else:
+      flags.DEFINE_string(field.name, default, help_)
+
+
+_define_flags()
+FLAGS = flags.FLAGS
+
+
+def config_from_flags(flag_values):
+  """A `TrainConfig` from parsed flags; list flags are converted to the field's element type."""
+  values = {}
+  for field in dataclasses.fields(train_lib.TrainConfig):
+    value = flag_values[field.name].value
+    default = getattr(_D, field.name)
+    if isinstance(default, tuple):
+      kind = int if all(isinstance(v, int) for v in default) else float
+      try:
+        value = tuple(kind(v) for v in value)
+      except ValueError:
+        raise ValueError(f"--{field.name}: expected a comma-separated list of {kind.__name__}, "
+                         f"found {','.join(value)!r}.") from None
+    values[field.name] = value
+  return train_lib.TrainConfig(**values)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  try:
+    config = config_from_flags(FLAGS)
+    train_lib.run(config)
+  except (ValueError, FloatingPointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run_main():
+  try:
+    app.run(main)
+  except SystemExit:
+    raise
+
+
+if __name__ == "__main__":
+  run_main()

@@ -1,0 +1,277 @@
+"""Training, flag-free: `run(TrainConfig)` trains a model and leaves checkpoints and summaries.
+
+The absl binary `tf_prob_unet.train` only turns flags into a `TrainConfig`. A run writes its
+resolved configuration to `model_dir/flags.cfg` (replay with `--flagfile=model_dir/flags.cfg`) and
+the model's constructor arguments to `model_dir/model_config.json` (read by evaluate/sample).
+"""
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_prob_unet import input_pipeline
+from tf_prob_unet import models
+
+STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
+MODEL_CONFIG_FILE = "model_config.json"
+FLAGS_FILE = "flags.cfg"
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  """Everything a training run needs. Field names are the train binary's flag names."""
+  model: str = "prob_unet"
+  dataset: str = "synthetic_ambiguous/lidc_like"
+  data_dir: str = ""
+  model_dir: str = "runs/default"
+  train_steps: int = 1000
+  batch_size: int = 16
+  strategy: str = "default"
+  seed: int = 0
+  # Architecture.
+  channels: tuple = (32, 64, 128, 192)
+  convs_per_block: int = 3
+  latent_dim: int = 6
+  fcomb_channels: int = 0  # 0: channels[0], as in the reference
+  num_fcomb_hidden: int = 3
+  upsample_mode: str = "align_corners"
+  log_sigma_bound: float = 5.0
+  # Loss.
+  beta: float = 1.0
+  kl_estimate: str = "analytic"
+  weight_decay: float = 1e-5
+  # Optimisation: Adam with a piecewise-constant learning rate.
+  lr_values: tuple = (1e-4, 5e-5, 1e-5, 5e-7)
+  lr_boundaries: tuple = (80000, 160000, 240000)
+  # Bookkeeping.
+  checkpoint_every: int = 500
+  keep_checkpoints: int = 3
+  summary_every: int = 50
+  log_every: int = 50
+  eval_every: int = 500
+  eval_batches: int = 4
+  shuffle_buffer: int = 1024
+
+  def validate(self):
+    """Raises ValueError naming the first bad field, what was expected and what was found."""
+    if self.strategy not in STRATEGIES:
+      raise ValueError(f"--strategy: expected one of {STRATEGIES}, found {self.strategy!r}.")
+    models.get_model_class(self.model)
+    for name in ("train_steps", "batch_size", "latent_dim", "convs_per_block"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"--{name}: expected a positive integer, found {getattr(self, name)}.")
+    if len(self.lr_values) != len(self.lr_boundaries) + 1:
+      raise ValueError(f"--lr_values: expected len(lr_boundaries) + 1 = "
+                       f"{len(self.lr_boundaries) + 1} values, found {len(self.lr_values)}.")
+    if list(self.lr_boundaries) != sorted(self.lr_boundaries):
+      raise ValueError(f"--lr_boundaries: expected increasing steps, found {self.lr_boundaries}.")
+    if not self.channels:
+      raise ValueError("--channels: expected at least one level, found none.")
+    if not self.model_dir:
+      raise ValueError("--model_dir: expected a directory, found an empty string.")
+
+
+def config_to_flags(config):
+  """The `--name=value` lines of a config (a valid flagfile)."""
+  lines = []
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    if isinstance(value, (tuple, list)):
+      value = ",".join(str(v) for v in value)
+    lines.append(f"--{field.name}={value}")
+  return "\n".join(lines) + "\n"
+
+
+def atomic_write(path, text):
+  """Writes `text` to `path` through a temporary file and a rename (never half-written)."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+  with os.fdopen(fd, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def make_strategy(name):
+  if name == "mirrored":
+    return tf.distribute.MirroredStrategy()
+  if name == "multi_worker_mirrored":
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  return tf.distribute.get_strategy()
+
+
+def model_kwargs(config, spec):
+  """Constructor arguments of `config.model` for a dataset with `spec`."""
+  kwargs = dict(num_classes=spec.num_classes, channels=tuple(config.channels),
+                convs_per_block=config.convs_per_block, latent_dim=config.latent_dim,
+                fcomb_channels=config.fcomb_channels or None,
+                num_fcomb_hidden=config.num_fcomb_hidden, beta=config.beta,
+                kl_estimate=config.kl_estimate, weight_decay=config.weight_decay,
+                log_sigma_bound=config.log_sigma_bound, upsample_mode=config.upsample_mode,
+                seed=config.seed)
+  return models.filter_kwargs(config.model, kwargs)
+
+
+def load_model(model_dir, checkpoint=None):
+  """Rebuilds the model of a run and restores its latest (or the given) checkpoint.
+
+  Returns:
+    `(model, info)` where `info` is the saved `model_config.json` (model name, constructor
+    arguments, input shape, dataset, training step of the checkpoint under `step`).
+
+  Raises:
+    ValueError: `model_dir` has no model configuration or no checkpoint.
+  """
+  config_path = os.path.join(model_dir, MODEL_CONFIG_FILE)
+  if not os.path.exists(config_path):
+    raise ValueError(f"--model_dir: expected a training run with {MODEL_CONFIG_FILE} in "
+                     f"{model_dir!r}, found none.")
+  with open(config_path) as f:
+    info = json.load(f)
+  checkpoint = checkpoint or tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_DIR))
+  if not checkpoint:
+    raise ValueError(f"--model_dir: expected a checkpoint under "
+                     f"{os.path.join(model_dir, CHECKPOINT_DIR)!r}, found none.")
+  model = models.get_model_class(info["model"])(**info["kwargs"])
+  model.build((None,) + tuple(info["input_shape"]))
+  step = tf.Variable(0, dtype=tf.int64)
+  tf.train.Checkpoint(model=model, step=step).read(checkpoint).expect_partial()
+  info["step"] = int(step.numpy())
+  info["checkpoint"] = checkpoint
+  return model, info
+
+
+def _sample_grid(images, references, samples):
+  """A `[1, B*H, (1+R+M)*W, 1]` grid: image channel 0, references, samples (one row per image)."""
+  rows = []
+  for b in range(images.shape[0]):
+    tiles = [images[b, :, :, :1]]
+    tiles += [tf.cast(r, tf.float32)[..., None] for r in references[b]]
+    tiles += [tf.cast(s, tf.float32)[..., None] for s in samples[b]]
+    rows.append(tf.concat(tiles, axis=1))
+  grid = tf.concat(rows, axis=0)
+  grid = grid / tf.maximum(tf.reduce_max(grid), 1.0)
+  return grid[tf.newaxis]
+
+
+def _format_eta(seconds):
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s" if seconds >= 3600 \
+      else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def run(config, log=print):
+  """Trains `config.model` on `config.dataset`, resuming from `config.model_dir` if it has a run.
+
+  Returns:
+    A dict with the final `step`, the last logged training terms and `model_dir`.
+  """
+  config.validate()
+  strategy = make_strategy(config.strategy)
+  replicas = strategy.num_replicas_in_sync
+  if config.batch_size % replicas:
+    raise ValueError(f"--batch_size: expected a multiple of the {replicas} replicas, "
+                     f"found {config.batch_size}.")
+  builder = input_pipeline.get_builder(config.dataset, config.data_dir or None)
+  spec = input_pipeline.dataset_spec(builder)
+  os.makedirs(config.model_dir, exist_ok=True)
+  atomic_write(os.path.join(config.model_dir, FLAGS_FILE), config_to_flags(config))
+  kwargs = model_kwargs(config, spec)
+  atomic_write(os.path.join(config.model_dir, MODEL_CONFIG_FILE), json.dumps({
+      "model": config.model, "kwargs": kwargs, "input_shape": list(spec.image_shape),
+      "dataset": config.dataset, "data_dir": config.data_dir}, indent=2))
+
+  keras.utils.set_random_seed(config.seed)
+  train_ds = input_pipeline.train_dataset(builder, spec, config.batch_size, config.seed,
+                                          shuffle_buffer=config.shuffle_buffer)
+  with strategy.scope():
+    model = models.get_model_class(config.model)(**kwargs)
+    model.build((None,) + spec.image_shape)
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
+        list(config.lr_boundaries), list(config.lr_values))
+    optimizer = keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+    model.compile(optimizer=optimizer)
+    optimizer.build(model.trainable_variables)
+    iterator = iter(strategy.experimental_distribute_dataset(train_ds))
+    step = tf.Variable(0, dtype=tf.int64, trainable=False)
+  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, iterator=iterator)
+  manager = tf.train.CheckpointManager(
+      checkpoint, os.path.join(config.model_dir, CHECKPOINT_DIR), config.keep_checkpoints)
+  if manager.latest_checkpoint:
+    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    log(f"Restored {manager.latest_checkpoint} at step {int(step.numpy())}.")
+
+  @tf.function
+  def train_step(it):
+    strategy.run(model.train_step, args=(next(it),))
+    step.assign_add(1)
+
+  val_ds = input_pipeline.eval_dataset(builder, spec, 4, split="validation",
+                                       limit=max(config.eval_batches, 1) * 4)
+  grid_batch = next(iter(val_ds))
+  writers = {k: tf.summary.create_file_writer(os.path.join(config.model_dir, "summaries", k))
+             for k in ("train", "validation")}
+
+  start = int(step.numpy())
+  logs = {}
+  t0 = time.time()
+  last_t, last_step = t0, start
+  log(f"Training {config.model} on {config.dataset} ({spec.image_shape}, {spec.num_classes} "
+      f"classes) for {config.train_steps} steps, batch {config.batch_size} on {replicas} "
+      f"replica(s); starting at step {start}; model_dir={config.model_dir}")
+  while int(step.numpy()) < config.train_steps:
+    train_step(iterator)
+    current = int(step.numpy())
+    if current % config.summary_every == 0 or current % config.log_every == 0 \
+        or current == config.train_steps:
+      logs = {t.name: float(t.result()) for t in model.metrics}
+      for name, value in logs.items():
+        if not np.isfinite(value):
+          raise FloatingPointError(
+              f"Training stopped at step {current}: the loss term {name!r} is {value}; the "
+              f"last good checkpoint is {manager.latest_checkpoint}.")
+      with writers["train"].as_default(step=current):
+        for name, value in logs.items():
+          tf.summary.scalar(name, value)
+        tf.summary.scalar("learning_rate", float(schedule(current)))
+      if current % config.log_every == 0 or current == config.train_steps:
+        now = time.time()
+        rate = (current - last_step) / max(now - last_t, 1e-9)
+        last_t, last_step = now, current
+        terms = " ".join(f"{k} {v:.4g}" for k, v in logs.items())
+        log(f"step {current}/{config.train_steps} | {rate:.2f} steps/s | ETA "
+            f"{_format_eta((config.train_steps - current) / max(rate, 1e-9))} | {terms}")
+      model.reset_metrics()
+    if current % config.eval_every == 0 or current == config.train_steps:
+      _evaluate_and_summarise(model, val_ds, grid_batch, writers["validation"], current, log)
+    if current % config.checkpoint_every == 0 or current == config.train_steps:
+      manager.save(checkpoint_number=current)
+  for writer in writers.values():
+    writer.flush()
+  return {"step": int(step.numpy()), "logs": logs, "model_dir": config.model_dir,
+          "seconds": time.time() - t0}
+
+
+def _evaluate_and_summarise(model, val_ds, grid_batch, writer, step, log):
+  """Validation ELBO terms and a sample grid into the validation summaries."""
+  model.reset_metrics()
+  for batch in val_ds:
+    graders = batch["references"]
+    label = graders[:, 0] if len(graders.shape) == 4 else graders
+    model.test_step((batch["image"], label))
+  logs = {t.name: float(t.result()) for t in model.metrics}
+  model.reset_metrics()
+  samples = model.sample(grid_batch["image"], 4, seed=0)
+  with writer.as_default(step=step):
+    for name, value in logs.items():
+      tf.summary.scalar(name, value)
+    tf.summary.image("samples", _sample_grid(grid_batch["image"], grid_batch["references"][:, :4],
+                                             samples))
+  log(f"validation at step {step}: " + " ".join(f"{k} {v:.4g}" for k, v in logs.items()))
