@@ -577,10 +577,12 @@ def s_ncc(samples, references, *, num_classes=2, eps=1e-7, ignore_index=None):
     S_NCC  = (1 / R) sum_j NCC(A, B_j),
 
   where NCC is the Pearson correlation over (valid) pixels. For one-hot samples
-  `E_s[log(s_c + eps)] = sbar_c log(1 + eps) + (1 - sbar_c) log(eps)`, which is how the maps are
-  computed (exactly, from per-pixel class counts, without materialising per-sample maps). `A` is thus an affine
-  function of the pixel-wise Gini impurity `1 - sum_c sbar_c^2` and `B_j` of the fraction of
-  samples disagreeing with `y_j`. If `A` or `B_j` has zero variance over the pixels, that NCC
+  `E_s[log(s_c + eps)] = sbar_c log(1 + eps) + (1 - sbar_c) log(eps)`, which is how the maps
+  are computed (exactly, from per-pixel class counts, without per-sample maps). `A` is thus an
+  affine function of the pixel-wise Gini impurity `1 - sum_c sbar_c^2` and `B_j` of the
+  fraction of samples disagreeing with `y_j`. (With the arguments of the cross-entropy swapped,
+  `B_j` would be the same for one-hot maps, but `A` would become the entropy of `sbar`; this
+  function follows PHiSeg's order.) If `A` or `B_j` has zero variance over the pixels, that NCC
   is NaN; the mean over references skips NaN entries and is NaN only if all are NaN (e.g. all
   samples identical). Higher is better.
 
@@ -805,7 +807,7 @@ def pixel_flip_rates(samples, labels, flips, *, class_names=None):
   _check_pair(samples, "samples", labels, "labels")
   flips = list(flips)
   for f in flips:
-    if len(f) != 3:
+    if not hasattr(f, "__len__") or len(f) != 3:
       raise ValueError(f"`flips` entries must be (class_id, flipped_id, probability); got {f!r}.")
   batch, s = samples.shape[:2]
   pixels = samples.shape[2] * samples.shape[3]

@@ -1,0 +1,619 @@
+"""Tests of tf_prob_unet.metrics: golden cases, hand-worked values, brute-force equivalence."""
+
+import ast
+import itertools
+import math
+import pathlib
+
+import numpy as np
+import pytest
+
+from tf_prob_unet import metrics
+
+# ----------------------------------------------------------------------------------------------
+# Straightforward per-pair implementations (the definitions, written out with Python loops).
+
+
+def _direct_distance(x, y, valid, classes, binary):
+  """1 - IoU of two `[H, W]` label maps, one pair at a time."""
+  if valid is None:
+    valid = np.ones(x.shape, bool)
+  if binary:
+    fx, fy = (x == 1) & valid, (y == 1) & valid
+    union = np.sum(fx | fy)
+    return 0.0 if union == 0 else 1.0 - np.sum(fx & fy) / union
+  ious = []
+  for c in classes:
+    fx, fy = (x == c) & valid, (y == c) & valid
+    union = np.sum(fx | fy)
+    ious.append(np.nan if union == 0 else np.sum(fx & fy) / union)
+  if all(np.isnan(v) for v in ious):
+    return np.nan
+  return 1.0 - np.nanmean(ious)
+
+
+def _direct_ged(samples, refs, weights, classes, binary, ignore_index, unbiased):
+  """GED per image from explicit loops over all pairs (NaN pairs dropped, weights renormalised)."""
+  batch, s = samples.shape[:2]
+  r = refs.shape[1]
+  out = []
+  for b in range(batch):
+    w = weights[b]
+    valid = None
+    if ignore_index is not None:
+      valid = ~np.any([(refs[b, j] == ignore_index) & (w[j] > 0) for j in range(r)], axis=0)
+
+    def expectation(xs, ys, pair_weight, skip_diagonal, empty_value=np.nan):
+      num = den = total = 0.0
+      for i, x in enumerate(xs):
+        for j, y in enumerate(ys):
+          if skip_diagonal and i == j:
+            continue
+          wt = pair_weight(i, j)
+          total += wt
+          dist = _direct_distance(x, y, valid, classes, binary)
+          if not np.isnan(dist):
+            num += wt * dist
+            den += wt
+      if total == 0:
+        return empty_value
+      return num / den if den > 0 else np.nan
+
+    e_sy = expectation(samples[b], refs[b], lambda i, j: w[j] / s, False)
+    e_ss = expectation(samples[b], samples[b], lambda i, j: 1.0, unbiased)
+    e_yy = expectation(refs[b], refs[b], lambda i, j: w[i] * w[j], unbiased, empty_value=0.0)
+    out.append(2 * e_sy - e_ss - e_yy)
+  return np.array(out)
+
+
+def _random_masks(rng, shape, num_classes, blob=True):
+  """Random label maps: a few rectangles of random classes on background 0, plus noise."""
+  out = np.zeros(shape, np.int64)
+  h, w = shape[-2:]
+  for idx in np.ndindex(*shape[:-2]):
+    for _ in range(rng.integers(0, 4) if blob else 0):
+      y0, x0 = rng.integers(0, h), rng.integers(0, w)
+      y1, x1 = y0 + rng.integers(1, h + 1), x0 + rng.integers(1, w + 1)
+      out[idx][y0:y1, x0:x1] = rng.integers(1, num_classes)
+    noise = rng.random((h, w)) < 0.05
+    out[idx][noise] = rng.integers(0, num_classes, noise.sum())
+  return out
+
+
+def _assert_nan_equal(actual, expected):
+  np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
+  np.testing.assert_allclose(np.nan_to_num(actual, nan=-1.0), np.nan_to_num(expected, nan=-1.0),
+                             rtol=0, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# Golden behaviours of the reference implementation (tests/evaluation/eval_tests.py).
+
+ZEROS = np.zeros((10, 10), np.int64)
+ONES = np.ones((10, 10), np.int64)
+HALF = np.concatenate([np.ones((10, 5), np.int64), np.zeros((10, 5), np.int64)], axis=1)
+
+
+def _per_class_iou(x, y, c):
+  """IoU of class c between two single maps, through the public distance function."""
+  d = metrics.iou_distance_matrix(x[None, None], y[None, None], class_ids=[c])
+  return 1.0 - d[0, 0, 0]
+
+
+def test_golden_all_zero_masks():
+  # Two all-zero masks with classes {0, 1}: background IoU 1, foreground IoU NaN.
+  assert _per_class_iou(ZEROS, ZEROS, 0) == 1.0
+  assert np.isnan(_per_class_iou(ZEROS, ZEROS, 1))
+  d01 = metrics.iou_distance_matrix(ZEROS[None, None], ZEROS[None, None], class_ids=[0, 1])
+  assert d01[0, 0, 0] == 0.0
+  d1 = metrics.iou_distance_matrix(ZEROS[None, None], ZEROS[None, None], class_ids=[1])
+  assert np.isnan(d1[0, 0, 0])
+
+
+@pytest.mark.parametrize("x, y, iou0, iou1", [
+    (ONES, ONES, np.nan, 1.0),
+    (ONES, ZEROS, 0.0, 0.0),
+    (HALF, ZEROS, 0.5, 0.0),
+])
+def test_golden_per_class_iou(x, y, iou0, iou1):
+  _assert_nan_equal(np.array([_per_class_iou(x, y, 0), _per_class_iou(x, y, 1)]),
+                    np.array([iou0, iou1]))
+
+
+def _components(modes, samples, class_ids):
+  """The reference's YS [M, S, C], SS [S, S, C] and YY [M, M, C] per-class distance tensors."""
+  modes, samples = np.stack(modes)[None], np.stack(samples)[None]
+  per_class = lambda a, b: np.stack(
+      [metrics.iou_distance_matrix(a, b, class_ids=[c])[0] for c in class_ids], axis=-1)
+  return per_class(modes, samples), per_class(samples, samples), per_class(modes, modes)
+
+
+NAN = np.nan
+
+
+@pytest.mark.parametrize("modes, samples, class_ids, ys, ss, yy", [
+    ([ZEROS], [ZEROS], [0], [[[0.]]], [[[0.]]], [[[0.]]]),
+    ([ZEROS], [ZEROS], [1], [[[NAN]]], [[[NAN]]], [[[NAN]]]),
+    ([ONES], [ZEROS], [0], [[[1.]]], [[[0.]]], [[[NAN]]]),
+    ([ONES, ZEROS], [ZEROS, ONES], [0],
+     [[[1.], [NAN]], [[0.], [1.]]],
+     [[[0.], [1.]], [[1.], [NAN]]],
+     [[[NAN], [1.]], [[1.], [0.]]]),
+    ([ONES, ZEROS], [ZEROS, ONES], [0, 1],
+     [[[1., 1.], [NAN, 0.]], [[0., NAN], [1., 1.]]],
+     [[[0., NAN], [1., 1.]], [[1., 1.], [NAN, 0.]]],
+     [[[NAN, 0.], [1., 1.]], [[1., 1.], [0., NAN]]]),
+])
+def test_golden_energy_distance_nan_patterns(modes, samples, class_ids, ys, ss, yy):
+  got_ys, got_ss, got_yy = _components(modes, samples, class_ids)
+  _assert_nan_equal(got_ys, np.array(ys))
+  _assert_nan_equal(got_ss, np.array(ss))
+  _assert_nan_equal(got_yy, np.array(yy))
+
+
+def test_golden_nanmean_over_classes():
+  # d = 1 - nanmean over classes: ones vs ones with classes {0, 1} gives IoU_1 = 1 only.
+  d = metrics.iou_distance_matrix(ONES[None, None], ONES[None, None], class_ids=[0, 1])
+  assert d[0, 0, 0] == 0.0
+  d = metrics.iou_distance_matrix(HALF[None, None], ZEROS[None, None], class_ids=[0, 1])
+  assert d[0, 0, 0] == pytest.approx(1.0 - (0.5 + 0.0) / 2)
+
+
+def test_golden_mode_counts():
+  # Five samples equal to mode 0; mode 1 differs slightly: all five go to mode 0.
+  mode0 = HALF
+  mode1 = HALF.copy()
+  mode1[0, 5] = 1
+  samples = np.stack([mode0] * 5)[None]
+  modes = np.stack([mode0, mode1])[None]
+  assigned = metrics.assign_modes(samples, modes, [[0.5, 0.5]])
+  np.testing.assert_array_equal(np.bincount(assigned.ravel(), minlength=2), [5, 0])
+
+
+@pytest.mark.parametrize("labels, samples, flips, expected", [
+    (ZEROS, [HALF], [(0, 1)], [[100, 50, 50]]),
+    (HALF, [ONES, ZEROS], [(0, 2), (1, 3)], [[100, 50, 0], [100, 50, 0]]),
+    (HALF, [3 * ONES, 2 * ONES, ONES, ZEROS], [(0, 2), (1, 3)], [[200, 50, 50], [200, 50, 50]]),
+])
+def test_golden_pixelwise_mode_counts(labels, samples, flips, expected):
+  result = metrics.pixel_flip_rates(np.stack(samples)[None], labels[None],
+                                    [(c, c2, 0.5) for c, c2 in flips])
+  for (c, _), (pixels, original, flipped) in zip(flips, expected):
+    entry = result[str(c)]
+    assert (entry["n_pixels"], entry["n_original"], entry["n_flipped"]) == (
+        pixels, original, flipped)
+    assert entry["sampled"] == pytest.approx(flipped / (original + flipped))
+    assert entry["true"] == 0.5
+
+
+# ----------------------------------------------------------------------------------------------
+# Hand-computed cases.
+
+
+def test_binary_iou_known_masks():
+  a = np.zeros((4, 4), np.int64)
+  b = np.zeros((4, 4), np.int64)
+  a[0, 0:3] = 1  # 3 pixels
+  b[0, 2:4] = 1  # 2 pixels, overlap 1 -> union 4, IoU 1/4
+  d = metrics.iou_distance_matrix(a[None, None], b[None, None])
+  assert d[0, 0, 0] == pytest.approx(0.75)
+
+
+def test_binary_empty_mask_rules():
+  empty = np.zeros((1, 1, 6, 6), np.uint8)
+  full = np.ones((1, 1, 6, 6), np.uint8)
+  assert metrics.iou_distance_matrix(empty, empty)[0, 0, 0] == 0.0
+  assert metrics.iou_distance_matrix(empty, full)[0, 0, 0] == 1.0
+  assert metrics.iou_distance_matrix(full, empty)[0, 0, 0] == 1.0
+
+
+def test_ged_identical_deterministic_is_zero():
+  rng = np.random.default_rng(0)
+  mask = _random_masks(rng, (3, 1, 12, 12), 2)
+  np.testing.assert_allclose(metrics.ged(mask, mask), 0.0, atol=1e-12)
+  np.testing.assert_allclose(metrics.ged(np.repeat(mask, 4, axis=1), mask), 0.0, atol=1e-12)
+
+
+def _two_mode_example():
+  y0 = np.array([[1, 1, 0, 0]])
+  y1 = np.array([[0, 0, 1, 1]])
+  s0 = y0
+  s1 = np.array([[1, 1, 1, 1]])
+  return np.stack([s0, s1])[None], np.stack([y0, y1])[None]
+
+
+def test_ged_two_mode_hand_worked():
+  # 1x4 masks. Modes Y0 = 1100, Y1 = 0011 (disjoint: d = 1), weights 0.75 / 0.25.
+  # Samples S0 = 1100 (= Y0), S1 = 1111.
+  # d(S0, Y0) = 0, d(S0, Y1) = 1, d(S1, Y0) = d(S1, Y1) = 1 - 2/4 = 0.5, d(S0, S1) = 0.5.
+  # d_SY = 0.75 * (0 + 0.5) / 2 + 0.25 * (1 + 0.5) / 2 = 0.1875 + 0.1875 = 0.375
+  # d_SS = (0 + 0.5 + 0.5 + 0) / 4 = 0.25                     (V-statistic, i = i' included)
+  # d_YY = 2 * 0.75 * 0.25 * 1 = 0.375                           (j = j' pairs contribute 0)
+  # GED = 2 * 0.375 - 0.25 - 0.375 = 0.125
+  samples, modes = _two_mode_example()
+  w = np.array([[0.75, 0.25]])
+  value, d_sy, d_ss, d_yy = metrics.ged(samples, modes, w, return_terms=True)
+  np.testing.assert_allclose([value[0], d_sy[0], d_ss[0], d_yy[0]], [0.125, 0.375, 0.25, 0.375])
+  # Unbiased: d_SS = 0.5 (i != i'), d_YY = 0.375 / (1 - 0.75^2 - 0.25^2) = 1.0,
+  # GED = 0.75 - 0.5 - 1.0 = -0.75.
+  np.testing.assert_allclose(metrics.ged(samples, modes, w, unbiased=True), [-0.75])
+  # Uniform weights: d_SY = 0.5 * 0.25 + 0.5 * 0.75 = 0.5, d_YY = 0.5, GED = 1 - 0.25 - 0.5.
+  np.testing.assert_allclose(metrics.ged(samples, modes), [0.25])
+  # Weights given as [R] broadcast over images.
+  np.testing.assert_allclose(metrics.ged(samples, modes, [0.75, 0.25]), [0.125])
+
+
+def test_ged_zero_weight_reference_is_padding():
+  samples, modes = _two_mode_example()
+  padded = np.concatenate([modes, np.full_like(modes[:, :1], 255)], axis=1)
+  w = np.array([[0.75, 0.25, 0.0]])
+  got = metrics.ged(samples, padded, w, ignore_index=255)
+  np.testing.assert_allclose(got, [0.125])
+
+
+def test_ged_single_reference_unbiased_point_mass():
+  samples, modes = _two_mode_example()
+  got, _, d_ss, d_yy = metrics.ged(samples, modes[:, :1], unbiased=True, return_terms=True)
+  assert d_yy[0] == 0.0
+  assert d_ss[0] == pytest.approx(0.5)
+  assert np.isfinite(got[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Vectorised GED == direct pairwise implementation.
+
+
+@pytest.mark.parametrize("setting", ["binary", "multiclass_ignore", "multiclass"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_ged_matches_direct(setting, weighted, unbiased):
+  seed = ["binary", "multiclass_ignore", "multiclass"].index(setting) * 4 + 2 * weighted + unbiased
+  rng = np.random.default_rng(seed)
+  batch, s, r, h, w = 4, 5, 3, 11, 23  # 253 pixels: not a multiple of 64
+  if setting == "binary":
+    num_classes, class_ids, ignore, binary = 2, None, None, True
+  else:
+    num_classes, class_ids, binary = 5, [0, 2, 3], False
+    ignore = 255 if setting == "multiclass_ignore" else None
+  samples = _random_masks(rng, (batch, s, h, w), num_classes)
+  refs = _random_masks(rng, (batch, r, h, w), num_classes)
+  if ignore is not None:
+    refs[:, :, :3, :] = ignore  # shared void band
+    refs[1, 0, 5, 5] = ignore  # void in one reference only
+  if setting == "multiclass":
+    refs[2, 0] = 1  # a reference and two samples without evaluated classes: NaN pairs
+    samples[2, :2] = 4
+    refs[3] = 1  # no reference holds an evaluated class: the image is NaN
+  weights = (rng.dirichlet(np.ones(r), size=batch) if weighted else np.full((batch, r), 1.0 / r))
+  got, *terms = metrics.ged(samples, refs, weights if weighted else None,
+                            num_classes=num_classes, class_ids=class_ids, ignore_index=ignore,
+                            unbiased=unbiased, return_terms=True)
+  classes = [1] if binary else class_ids
+  expected = _direct_ged(samples, refs, weights, classes, binary, ignore, unbiased)
+  _assert_nan_equal(got, expected)
+  if setting == "multiclass":
+    assert np.isfinite(got[2]) and np.isnan(got[3])
+  else:
+    assert np.all(np.isfinite(got))
+  np.testing.assert_allclose(got, metrics.ged(samples, refs, weights if weighted else None,
+                                              num_classes=num_classes, class_ids=class_ids,
+                                              ignore_index=ignore, unbiased=unbiased))
+  _assert_nan_equal(got, 2 * terms[0] - terms[1] - terms[2])
+
+
+def test_ged_nan_image_when_no_evaluated_class():
+  refs = np.ones((2, 2, 6, 6), np.int64)
+  samples = np.ones((2, 3, 6, 6), np.int64)
+  refs[1, :, 0, 0] = 0  # image 1 has class 0 in its references and in sample 0
+  samples[1, 0, 0, 0] = 0
+  got, d_sy, d_ss, d_yy = metrics.ged(samples, refs, num_classes=3, class_ids=[0, 2],
+                                      return_terms=True)
+  # Image 0: every pair is NaN. Image 1: the sample pairs among S1, S2 (diagonal included) are
+  # NaN and dropped; the remaining 5 pairs are (S0, S0) with d = 0 and four S0-vs-S1/S2 pairs
+  # with d = 1.
+  assert np.isnan(got[0])
+  assert d_ss[1] == pytest.approx(4 / 5)
+  assert d_yy[1] == 0.0
+  # d(S0, Y) = 0 (both hold class 0 only at the same pixel), d(S1, Y) = d(S2, Y) = 1.
+  assert d_sy[1] == pytest.approx(2 / 3)
+  assert got[1] == pytest.approx(2 * 2 / 3 - 4 / 5)
+
+
+def test_iou_distance_matrix_matches_direct():
+  rng = np.random.default_rng(7)
+  for trial in range(6):
+    num_classes = 2 if trial % 2 == 0 else 4
+    class_ids = None if trial % 2 == 0 else [1, 3]
+    ignore = 255 if trial % 3 == 0 else None
+    a = _random_masks(rng, (2, 3, 9, 70), num_classes)
+    b = _random_masks(rng, (2, 4, 9, 70), num_classes)
+    if ignore is not None:
+      b[:, 1, :, :4] = ignore
+    got = metrics.iou_distance_matrix(a, b, num_classes=num_classes, class_ids=class_ids,
+                                      ignore_index=ignore)
+    for i in range(2):
+      valid = None if ignore is None else ~np.any(b[i] == ignore, axis=0)
+      expected = [[_direct_distance(x, y, valid, class_ids, class_ids is None) for y in b[i]]
+                  for x in a[i]]
+      _assert_nan_equal(got[i], np.array(expected))
+
+
+def test_chunking_does_not_change_results(monkeypatch):
+  rng = np.random.default_rng(3)
+  samples = _random_masks(rng, (9, 6, 20, 40), 3)
+  refs = _random_masks(rng, (9, 4, 20, 40), 3)
+  kwargs = dict(num_classes=3, class_ids=[0, 1, 2])
+  full = metrics.ged(samples, refs, **kwargs)
+  cross = metrics.iou_distance_matrix(samples, refs, **kwargs)
+  monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 1)
+  monkeypatch.setattr(metrics, "_PAIR_BYTES", 1)
+  np.testing.assert_allclose(metrics.ged(samples, refs, **kwargs), full, rtol=0, atol=1e-12)
+  np.testing.assert_allclose(metrics.iou_distance_matrix(samples, refs, **kwargs), cross,
+                             rtol=0, atol=1e-12)
+
+
+def test_input_dtypes_agree():
+  rng = np.random.default_rng(5)
+  samples = _random_masks(rng, (2, 4, 8, 8), 2)
+  refs = _random_masks(rng, (2, 3, 8, 8), 2)
+  expected = metrics.ged(samples, refs)
+  for dtype in (np.uint8, np.int32, bool, np.float32):
+    np.testing.assert_allclose(metrics.ged(samples.astype(dtype), refs.astype(dtype)), expected)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hungarian-matched IoU and sample diversity.
+
+
+def test_hungarian_permuted_identical_sets():
+  rng = np.random.default_rng(11)
+  refs = _random_masks(rng, (3, 4, 10, 10), 2)
+  refs[:, :, 0, :] = np.arange(4)[None, :, None] % 2  # make the four masks distinct
+  refs[:, :, 1, 0] = np.arange(4)[None, :] // 2
+  samples = refs[:, [2, 0, 3, 1]]
+  np.testing.assert_allclose(metrics.hungarian_matched_iou(samples, refs), 1.0)
+
+
+def test_hungarian_hand_worked():
+  # 1x8 masks. IoU(S0, Y0) = 4/6, IoU(S0, Y1) = 2/8, IoU(S1, Y0) = 2/4, IoU(S1, Y1) = 0.
+  # Greedy (S0 -> Y0) would give (2/3 + 0) / 2 = 0.333; the optimal matching is
+  # S0 -> Y1, S1 -> Y0 with (0.25 + 0.5) / 2 = 0.375.
+  y = np.array([[[1, 1, 1, 1, 0, 0, 0, 0]], [[0, 0, 0, 0, 1, 1, 1, 1]]])
+  s = np.array([[[1, 1, 1, 1, 1, 1, 0, 0]], [[1, 1, 0, 0, 0, 0, 0, 0]]])
+  got = metrics.hungarian_matched_iou(s[None], y[None])
+  np.testing.assert_allclose(got, [0.375])
+
+
+def test_hungarian_lcm_tiling_matches_brute_force():
+  rng = np.random.default_rng(2)
+  samples = _random_masks(rng, (2, 3, 8, 8), 2)
+  refs = _random_masks(rng, (2, 2, 8, 8), 2)
+  got = metrics.hungarian_matched_iou(samples, refs)
+  d = metrics.iou_distance_matrix(samples, refs)
+  for b in range(2):
+    size = math.lcm(3, 2)
+    best = max(np.mean([1 - d[b, k % 3, perm[k] % 2] for k in range(size)])
+               for perm in itertools.permutations(range(size)))
+    assert got[b] == pytest.approx(best)
+
+
+def test_sample_diversity_excludes_diagonal():
+  samples, _ = _two_mode_example()  # d(S0, S1) = 0.5
+  np.testing.assert_allclose(metrics.sample_diversity(samples), [0.5])
+  three = np.concatenate([samples, samples[:, :1]], axis=1)  # pairs: 0.5, 0, 0.5 (x2)
+  np.testing.assert_allclose(metrics.sample_diversity(three), [1.0 / 3.0])
+
+
+def test_sample_diversity_void_from_references():
+  samples = np.zeros((1, 2, 1, 4), np.int64)
+  samples[0, 0, 0, 0] = 1
+  samples[0, 1, 0, 1] = 1
+  refs = np.zeros((1, 1, 1, 4), np.int64)
+  assert metrics.sample_diversity(samples)[0] == 1.0
+  refs[0, 0, 0, :2] = 255
+  got = metrics.sample_diversity(samples, ignore_index=255, ignore_mask_from=refs)
+  assert got[0] == 0.0  # the differing pixels are void: both masks empty
+
+
+# ----------------------------------------------------------------------------------------------
+# S_NCC.
+
+
+def _direct_sncc(samples, refs, num_classes, eps, ignore_index=None):
+  """PHiSeg's S_NCC with explicit one-hot maps and loops over samples and references."""
+  out = []
+  for s_img, y_img in zip(samples, refs):
+    valid = np.ones(s_img.shape[1:], bool)
+    if ignore_index is not None:
+      valid = ~np.any(y_img == ignore_index, axis=0)
+    onehot = lambda m: np.stack([(m == c).astype(float) for c in range(num_classes)])
+    probs = [onehot(s) for s in s_img]
+    mean = np.mean(probs, axis=0)
+    a = np.mean([-(mean * np.log(p + eps)).sum(0) for p in probs], axis=0)
+    nccs = []
+    for y in y_img:
+      b = np.mean([-(onehot(y) * np.log(p + eps)).sum(0) for p in probs], axis=0)
+      if a[valid].std() == 0 or b[valid].std() == 0:
+        nccs.append(np.nan)
+      else:
+        nccs.append(np.corrcoef(a[valid], b[valid])[0, 1])
+    out.append(np.nan if np.all(np.isnan(nccs)) else np.nanmean(nccs))
+  return np.array(out)
+
+
+def test_s_ncc_matches_direct_and_samples_equal_references():
+  rng = np.random.default_rng(4)
+  refs = _random_masks(rng, (3, 4, 12, 12), 3)
+  refs[:, :, 0, :4] = np.arange(4)[None, :, None] % 3  # references differ
+  got = metrics.s_ncc(refs, refs, num_classes=3)
+  np.testing.assert_allclose(got, _direct_sncc(refs, refs, 3, 1e-7), rtol=1e-6)
+  assert np.all(np.isfinite(got))
+  assert np.all(got > 0.5)
+  samples = _random_masks(rng, (3, 5, 12, 12), 3)
+  np.testing.assert_allclose(metrics.s_ncc(samples, refs, num_classes=3),
+                             _direct_sncc(samples, refs, 3, 1e-7), rtol=1e-6)
+
+
+def test_s_ncc_void_pixels_excluded():
+  rng = np.random.default_rng(13)
+  refs = _random_masks(rng, (2, 3, 10, 10), 3)
+  samples = _random_masks(rng, (2, 4, 10, 10), 3)
+  refs[:, 1, :2] = 255
+  samples[:, 0, 5, 5] = 255  # a void sample pixel belongs to no class
+  got = metrics.s_ncc(samples, refs, num_classes=3, ignore_index=255)
+  np.testing.assert_allclose(got, _direct_sncc(samples, refs, 3, 1e-7, ignore_index=255),
+                             rtol=1e-6)
+
+
+def test_s_ncc_identical_samples_is_nan():
+  rng = np.random.default_rng(6)
+  refs = _random_masks(rng, (1, 2, 8, 8), 2)
+  samples = np.repeat(refs[:, :1], 3, axis=1)
+  assert np.isnan(metrics.s_ncc(samples, refs)[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Mode statistics.
+
+
+def _mode_dataset(rng, batch, samples_per_image, probs, size=8):
+  """Modes m = a horizontal band at row m; samples are exact copies drawn from `probs`."""
+  num_modes = len(probs)
+  modes = np.zeros((batch, num_modes, size, size), np.int64)
+  for m in range(num_modes):
+    modes[:, m, m, :] = 1
+  drawn = rng.choice(num_modes, size=(batch, samples_per_image), p=probs)
+  samples = np.take_along_axis(modes, drawn[:, :, None, None], axis=1)
+  return samples, modes, drawn
+
+
+def test_assign_modes_exact_copies():
+  rng = np.random.default_rng(8)
+  probs = [0.5, 0.3, 0.2]
+  samples, modes, drawn = _mode_dataset(rng, 10, 6, probs)
+  np.testing.assert_array_equal(metrics.assign_modes(samples, modes, probs), drawn)
+
+
+def test_assign_modes_skips_padding_and_breaks_ties_low():
+  rng = np.random.default_rng(9)
+  samples, modes, drawn = _mode_dataset(rng, 4, 5, [0.6, 0.4])
+  padded = np.concatenate([modes[:, :1], modes], axis=1)  # padding copy of mode 0 at index 0
+  got = metrics.assign_modes(samples, padded, [0.0, 0.6, 0.4])
+  np.testing.assert_array_equal(got, drawn + 1)
+  twins = np.concatenate([modes[:, :1], modes[:, :1]], axis=1)
+  got = metrics.assign_modes(samples[:, :1] * 0 + modes[:, :1], twins, [0.5, 0.5])
+  np.testing.assert_array_equal(got, 0)
+
+
+def test_assign_modes_nan_counts_as_infinite():
+  modes = np.zeros((1, 2, 4, 4), np.int64)
+  modes[0, 1, 0, 0] = 2  # mode 1 holds class 2, mode 0 only background
+  samples = np.zeros((1, 1, 4, 4), np.int64)  # d(mode 0, sample) = NaN for class_ids=[2]
+  got = metrics.assign_modes(samples, modes, [0.5, 0.5], num_classes=3, class_ids=[2])
+  assert got[0, 0] == 1
+
+
+def test_mode_statistics_perfect_sampler():
+  rng = np.random.default_rng(10)
+  probs = [0.5, 0.3, 0.2]
+  samples, modes, _ = _mode_dataset(rng, 400, 16, probs)
+  stats = metrics.mode_statistics(samples, modes, np.tile(probs, (400, 1)), num_samples=(1, 4, 16))
+  np.testing.assert_allclose(stats["mode_freq_true"], probs)
+  assert stats["mode_tv"]["16"] < 0.03
+  assert sum(stats["mode_freq_sampled"]["16"]) == pytest.approx(1.0)
+  floors = [stats["mode_tv_per_image_floor"][k] for k in ("1", "4", "16")]
+  assert all(f > 0 for f in floors)
+  assert floors[0] > floors[1] > floors[2]
+  # A perfect sampler's per-image TV sits at the floor.
+  for k in ("1", "4", "16"):
+    assert stats["mode_tv_per_image"][k] == pytest.approx(stats["mode_tv_per_image_floor"][k],
+                                                          abs=0.04)
+    assert len(stats["per_image_tv"][k]) == 400
+  # n = 1: each image's TV is 1 - p of the drawn mode.
+  assert stats["mode_tv_per_image_floor"]["1"] == pytest.approx(
+      sum(p * (1 - p) for p in probs), abs=0.02)
+  again = metrics.mode_statistics(samples, modes, probs, num_samples=(4,))
+  assert again["mode_tv_per_image_floor"]["4"] == stats["mode_tv_per_image_floor"]["4"]
+
+
+def test_mode_statistics_collapsed_sampler():
+  rng = np.random.default_rng(12)
+  probs = [0.5, 0.3, 0.2]
+  _, modes, _ = _mode_dataset(rng, 20, 4, probs)
+  samples = np.repeat(modes[:, :1], 4, axis=1)  # always mode 0
+  stats = metrics.mode_statistics(samples, modes, probs, num_samples=(4,))
+  np.testing.assert_allclose(stats["mode_freq_sampled"]["4"], [1.0, 0.0, 0.0])
+  assert stats["mode_tv"]["4"] == pytest.approx(0.5)
+
+
+def test_pixel_flip_rates_names_and_rates():
+  labels = np.zeros((2, 4, 4), np.int64)
+  labels[:, :2] = 1
+  samples = np.repeat(labels[:, None], 4, axis=1).copy()
+  samples[:, :1][samples[:, :1] == 1] = 5  # one of four samples flips class 1 -> 5
+  got = metrics.pixel_flip_rates(samples, labels, [(1, 5, 0.25)], class_names={1: "sidewalk"})
+  assert got["sidewalk"]["sampled"] == pytest.approx(0.25)
+  assert got["sidewalk"]["true"] == 0.25
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation.
+
+_S = np.zeros((2, 3, 4, 4), np.int64)
+_Y = np.zeros((2, 2, 4, 4), np.int64)
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: metrics.ged(_S[0], _Y), "samples"),
+    (lambda: metrics.ged(_S, _Y[..., :3]), "references"),
+    (lambda: metrics.ged(_S, _Y[:1]), "references"),
+    (lambda: metrics.ged(_S, _Y + 2), "references"),
+    (lambda: metrics.ged(_S - 1, _Y), "samples"),
+    (lambda: metrics.ged(_S + 255, _Y, num_classes=2), "samples"),
+    (lambda: metrics.ged(_S[:, :0], _Y), "samples"),
+    (lambda: metrics.ged(_S[:, :1], _Y, unbiased=True), "samples"),
+    (lambda: metrics.ged(_S + 0.5, _Y), "samples"),
+    (lambda: metrics.ged(_S, _Y, [[0.5, 0.6], [0.5, 0.5]]), "reference_weights"),
+    (lambda: metrics.ged(_S, _Y, [[1.0], [1.0]]), "reference_weights"),
+    (lambda: metrics.ged(_S, _Y, [[1.5, -0.5], [0.5, 0.5]]), "reference_weights"),
+    (lambda: metrics.ged(_S, _Y, num_classes=3, class_ids=[0, 3]), "class_ids"),
+    (lambda: metrics.ged(_S, _Y, num_classes=3, class_ids=[]), "class_ids"),
+    (lambda: metrics.ged(_S, _Y, num_classes=1), "num_classes"),
+    (lambda: metrics.ged(_S, _Y, ignore_index=1), "ignore_index"),
+    (lambda: metrics.iou_distance_matrix(_S, _Y[..., :2, :]), "b"),
+    (lambda: metrics.iou_distance_matrix(_S[..., 0], _Y), "a"),
+    (lambda: metrics.hungarian_matched_iou(_S, _Y[:, :0]), "references"),
+    (lambda: metrics.sample_diversity(_S[:, :1]), "samples"),
+    (lambda: metrics.sample_diversity(_S, ignore_index=255, ignore_mask_from=_Y[:1]),
+     "ignore_mask_from"),
+    (lambda: metrics.s_ncc(_S, _Y + 3), "references"),
+    (lambda: metrics.s_ncc(_S, _Y, eps=0.0), "eps"),
+    (lambda: metrics.assign_modes(_S, _Y, [[0.5, 0.4], [0.5, 0.5]]), "mode_probs"),
+    (lambda: metrics.mode_statistics(_S, _Y, [0.5, 0.5], num_samples=(4,)), "num_samples"),
+    (lambda: metrics.mode_statistics(_S, _Y, [0.5, 0.5], num_samples=(1,),
+                                           floor_repeats=0), "floor_repeats"),
+    (lambda: metrics.pixel_flip_rates(_S, _Y, [(0, 1, 0.5)]), "labels"),
+    (lambda: metrics.pixel_flip_rates(_S, _Y[:, 0], [(0, 1)]), "flips"),
+])
+def test_validation_errors_name_the_argument(call, name):
+  with pytest.raises(ValueError, match=f"`{name}`"):
+    call()
+
+
+def test_ignore_index_accepted_in_labels():
+  refs = _Y.copy()
+  refs[:, :, 0, 0] = 255
+  samples = _S.copy()
+  samples[:, :, 1, 1] = 255
+  assert np.all(np.isfinite(metrics.ged(samples, refs, ignore_index=255)))
+
+
+def test_module_imports_only_numpy_scipy():
+  source = pathlib.Path(metrics.__file__).read_text()
+  roots = set()
+  for node in ast.walk(ast.parse(source)):
+    if isinstance(node, ast.Import):
+      roots.update(alias.name.split(".")[0] for alias in node.names)
+    elif isinstance(node, ast.ImportFrom):
+      roots.add((node.module or "").split(".")[0])
+  assert roots <= {"math", "numpy", "scipy"}, roots
