@@ -12,6 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
 
 from tf_prob_unet import train_lib  # noqa: E402
 
@@ -90,6 +91,7 @@ def config_from_flags(flag_values):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)
   try:
     config = config_from_flags(FLAGS)
     train_lib.run(config)
@@ -99,10 +101,7 @@ def main(argv):
 
 
 def run_main():
-  try:
-    app.run(main)
-  except SystemExit:
-    raise
+  app.run(main)
 
 
 if __name__ == "__main__":

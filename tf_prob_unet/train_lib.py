@@ -99,6 +99,25 @@ def atomic_write(path, text):
   os.replace(tmp, path)
 
 
+def learning_rate_schedule(values, boundaries):
+  """Piecewise-constant learning rate (the reference's); a single value is a constant rate."""
+  if not boundaries:
+    return _ConstantSchedule(float(values[0]))
+  return keras.optimizers.schedules.PiecewiseConstantDecay(
+      [int(b) for b in boundaries], [float(v) for v in values])
+
+
+class _ConstantSchedule(keras.optimizers.schedules.LearningRateSchedule):
+  def __init__(self, value):
+    self.value = value
+
+  def __call__(self, step):
+    return tf.constant(self.value, tf.float32)
+
+  def get_config(self):
+    return {"value": self.value}
+
+
 def make_strategy(name):
   if name == "mirrored":
     return tf.distribute.MirroredStrategy()
@@ -117,6 +136,16 @@ def model_kwargs(config, spec):
                 log_sigma_bound=config.log_sigma_bound, upsample_mode=config.upsample_mode,
                 seed=config.seed)
   return models.filter_kwargs(config.model, kwargs)
+
+
+def model_weights(model):
+  """The model's variables keyed by their path below the model (`"unet/encoder/..."`).
+
+  Checkpoints track the model's variables through this dict, by name. (A `tf.train.Checkpoint`
+  holding the Keras 3 model object itself restored some layers' weights into the wrong
+  variables here, silently; keyed by path it is exact, and a test checks it.)
+  """
+  return {v.path.split("/", 1)[1]: v for v in model.variables}
 
 
 def load_model(model_dir, checkpoint=None):
@@ -142,7 +171,8 @@ def load_model(model_dir, checkpoint=None):
   model = models.get_model_class(info["model"])(**info["kwargs"])
   model.build((None,) + tuple(info["input_shape"]))
   step = tf.Variable(0, dtype=tf.int64)
-  tf.train.Checkpoint(model=model, step=step).read(checkpoint).expect_partial()
+  status = tf.train.Checkpoint(weights=model_weights(model), step=step).read(checkpoint)
+  status.expect_partial().assert_existing_objects_matched()
   info["step"] = int(step.numpy())
   info["checkpoint"] = checkpoint
   return model, info
@@ -194,14 +224,14 @@ def run(config, log=print):
   with strategy.scope():
     model = models.get_model_class(config.model)(**kwargs)
     model.build((None,) + spec.image_shape)
-    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
-        list(config.lr_boundaries), list(config.lr_values))
+    schedule = learning_rate_schedule(config.lr_values, config.lr_boundaries)
     optimizer = keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
     model.compile(optimizer=optimizer)
     optimizer.build(model.trainable_variables)
     iterator = iter(strategy.experimental_distribute_dataset(train_ds))
     step = tf.Variable(0, dtype=tf.int64, trainable=False)
-  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, iterator=iterator)
+  checkpoint = tf.train.Checkpoint(weights=model_weights(model), optimizer=optimizer, step=step,
+                                  iterator=iterator)
   manager = tf.train.CheckpointManager(
       checkpoint, os.path.join(config.model_dir, CHECKPOINT_DIR), config.keep_checkpoints)
   if manager.latest_checkpoint:

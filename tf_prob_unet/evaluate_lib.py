@@ -1,0 +1,236 @@
+"""Evaluation, flag-free: samples from trained models, the paper's and the field's measures.
+
+`run(EvalConfig)` draws the largest requested number of samples once per test image and scores
+every prefix (`n` in `num_samples`): GED (against the exact modes weighted by their probabilities
+where the dataset has them, else against the graders with uniform weights), Hungarian-matched IoU
+and S_NCC against the graders, sample diversity, the mode statistics where modes are known, the
+pixel flip rates for flip datasets, and a deterministic baseline (the prior-mean / single
+prediction repeated). It writes `metrics.json`, `report.md` and PNG figures, each atomically.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from tf_prob_unet import input_pipeline
+from tf_prob_unet import metrics
+from tf_prob_unet import plots
+from tf_prob_unet import train_lib
+
+
+@dataclasses.dataclass
+class EvalConfig:
+  """Evaluation settings. Field names are the evaluate binary's flag names."""
+  model_dir: tuple = ()
+  output_dir: str = ""
+  num_samples: tuple = (1, 4, 8, 16)
+  split: str = "test"
+  data_dir: str = ""
+  batch_size: int = 16
+  limit: int = 0
+  seed: int = 0
+
+  def validate(self):
+    if not self.model_dir:
+      raise ValueError("--model_dir: expected at least one training run directory, found none.")
+    if not self.output_dir:
+      raise ValueError("--output_dir: expected a directory, found an empty string.")
+    if not self.num_samples or min(self.num_samples) < 1:
+      raise ValueError(f"--num_samples: expected positive sample counts, found "
+                       f"{list(self.num_samples)}.")
+
+
+def _progress(done, total, start, stream=sys.stderr):
+  width = 30
+  frac = done / max(total, 1)
+  elapsed = time.time() - start
+  eta = elapsed / max(frac, 1e-9) - elapsed
+  stream.write(f"\r  [{'#' * int(width * frac):<{width}}] {done}/{total} images "
+               f"{elapsed:5.1f}s elapsed, ETA {eta:5.1f}s")
+  if done >= total:
+    stream.write("\n")
+  stream.flush()
+
+
+def draw_samples(model, builder, spec, split, num_samples, batch_size, limit=0, seed=0):
+  """Samples and ground truth for a split, as NumPy arrays.
+
+  Returns:
+    A dict: `images` `[B, H, W, C]`, `samples` `[B, S, H, W]` uint8, `mean_prediction`
+    `[B, H, W]` uint8 (prior-mean / deterministic prediction), `references`, `reference_weights`,
+    and where present `modes`, `mode_probs`, `label`, `ids`.
+  """
+  ds = input_pipeline.eval_dataset(builder, spec, batch_size, split=split, limit=limit or None)
+  total = builder.info.splits[split].num_examples
+  total = min(total, limit) if limit else total
+  sample_fn = tf.function(lambda x, s: model.sample(x, num_samples, seed=s))
+  mean_fn = tf.function(lambda x: tf.argmax(model(x, training=False), -1, output_type=tf.int32))
+  out = {}
+  start = time.time()
+  done = 0
+  for i, batch in enumerate(ds):
+    seed_i = tf.constant([seed, i], tf.int64)
+    parts = {"samples": sample_fn(batch["image"], seed_i).numpy().astype(np.uint8),
+             "mean_prediction": mean_fn(batch["image"]).numpy().astype(np.uint8)}
+    for key, value in batch.items():
+      parts["ids" if key == "id" else key] = value.numpy()
+    for key, value in parts.items():
+      out.setdefault(key, []).append(value)
+    done += len(parts["samples"])
+    _progress(done, total, start)
+  return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _nanmean(x):
+  x = np.asarray(x, float)
+  return float(np.nanmean(x)) if np.any(np.isfinite(x)) else float("nan")
+
+
+def score(data, spec, num_samples, seed=0):
+  """All measures for the drawn samples. Returns the metrics dict (see the module docstring)."""
+  counts = sorted(int(n) for n in num_samples)
+  kw = dict(num_classes=spec.num_classes,
+            class_ids=None if spec.class_ids is None else list(spec.class_ids),
+            ignore_index=input_pipeline.VOID if spec.kind == "flips" else None)
+  samples = data["samples"].astype(np.int64)
+  has_modes = "modes" in data
+  gt = data["modes"] if has_modes else data["references"]
+  gt_w = data["mode_probs"] if has_modes else data["reference_weights"]
+  graders = data["references"]
+  result = {"ged": {}, "hm_iou": {}, "diversity": {}, "ncc": {}, "dropped_nan_images": {},
+            "per_image": {"ged": {}, "hm_iou": {}}}
+  for n in counts:
+    s = samples[:, :n]
+    g = metrics.ged(s, gt, gt_w, **kw)
+    result["per_image"]["ged"][str(n)] = [None if not np.isfinite(v) else float(v) for v in g]
+    result["dropped_nan_images"][str(n)] = int(np.sum(~np.isfinite(g)))
+    result["ged"][str(n)] = _nanmean(g)
+    h = metrics.hungarian_matched_iou(s, graders, **kw)
+    result["per_image"]["hm_iou"][str(n)] = [None if not np.isfinite(v) else float(v) for v in h]
+    result["hm_iou"][str(n)] = _nanmean(h)
+    if n >= 2:
+      result["diversity"][str(n)] = _nanmean(metrics.sample_diversity(
+          s, ignore_mask_from=graders if kw["ignore_index"] is not None else None, **kw))
+      result["ncc"][str(n)] = _nanmean(metrics.s_ncc(
+          s, graders, num_classes=spec.num_classes, ignore_index=kw["ignore_index"]))
+  mean_pred = data["mean_prediction"][:, None].astype(np.int64)
+  result["ged_mean_prediction"] = _nanmean(metrics.ged(mean_pred, gt, gt_w, **kw))
+  if has_modes:
+    stats = metrics.mode_statistics(samples, data["modes"], data["mode_probs"],
+                                    num_samples=counts, seed=seed, **kw)
+    for key in ("mode_tv", "mode_tv_per_image", "mode_tv_per_image_floor", "mode_freq_sampled"):
+      result[key] = stats[key]
+    result["mode_freq_true"] = [float(v) for v in stats["mode_freq_true"]]
+    result["mode_names"] = list(spec.mode_names)
+  if spec.kind == "flips":
+    result["flip_rates"] = metrics.pixel_flip_rates(samples, data["label"], list(spec.flips))
+  result["num_images"] = int(len(samples))
+  result["conventions"] = {
+      "ged_reference": ("exact modes weighted by their probabilities" if has_modes else
+                        "graders with uniform weights"),
+      "distance": ("1 - foreground IoU; two empty masks at distance 0, one empty at 1"
+                   if kw["class_ids"] is None else
+                   f"1 - nanmean of per-class IoU over classes {kw['class_ids']}; a class absent "
+                   f"from both masks is left out; void ({kw['ignore_index']}) pixels excluded"),
+      "pairs": "expectations over pairs include i = j (the reference's V-statistic)",
+      "samples": f"the first n of {max(counts)} samples drawn once per image",
+      "nan_images": "images whose GED is NaN are dropped before the mean (counted under "
+                    "dropped_nan_images)",
+      "hm_iou": "Hungarian matching on 1 - IoU, graders and samples tiled to lcm(n, R)",
+      "diversity": "mean d(S, S') over i != i'",
+      "ged_mean_prediction": "the prior-mean prediction as one deterministic sample",
+  }
+  return result
+
+
+def _label(model_dir):
+  return os.path.basename(os.path.normpath(model_dir))
+
+
+def report_markdown(results, counts):
+  """A table like the paper's: one row per model, GED and HM-IoU per sample count."""
+  lines = ["# Evaluation report", ""]
+  header = ["model", "step"] + [f"GED{n}" for n in counts] + [f"HM-IoU{n}" for n in counts] + \
+      ["GED mean pred."]
+  lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for label, r in results.items():
+    row = [label, str(r.get("step", ""))] + [f"{r['ged'][str(n)]:.4f}" for n in counts] + \
+        [f"{r['hm_iou'][str(n)]:.4f}" for n in counts] + [f"{r['ged_mean_prediction']:.4f}"]
+    lines.append("| " + " | ".join(row) + " |")
+  first = next(iter(results.values()))
+  if "mode_tv" in first:
+    lines += ["", "## Mode calibration", "",
+              "| model | n | mode_tv | mode_tv_per_image | floor |", "|---|---|---|---|---|"]
+    for label, r in results.items():
+      for n in counts:
+        lines.append(f"| {label} | {n} | {r['mode_tv'][str(n)]:.4f} | "
+                     f"{r['mode_tv_per_image'][str(n)]:.4f} | "
+                     f"{r['mode_tv_per_image_floor'][str(n)]:.4f} |")
+    n = str(max(counts))
+    lines += ["", f"Pooled mode frequencies at {n} samples (true / sampled):", ""]
+    names = first.get("mode_names") or [str(i) for i in range(len(first["mode_freq_true"]))]
+    lines += ["| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines.append("| true | " + " | ".join(f"{v:.3f}" for v in first["mode_freq_true"]) + " |")
+    for label, r in results.items():
+      lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in r["mode_freq_sampled"][n])
+                   + " |")
+  if "flip_rates" in first:
+    lines += ["", "## Pixel flip rates (sampled / true)", ""]
+    for label, r in results.items():
+      lines.append(f"- {label}: " + ", ".join(
+          f"{k} {v['sampled']:.3f} / {v['true']:.3f}" for k, v in r["flip_rates"].items()))
+  lines += ["", "## Conventions", ""] + [f"- {k}: {v}" for k, v in first["conventions"].items()]
+  return "\n".join(lines) + "\n"
+
+
+def run(config, log=print):
+  """Evaluates every run in `config.model_dir`; returns `{label: metrics}`."""
+  config.validate()
+  counts = sorted(int(n) for n in config.num_samples)
+  results, figures = {}, {}
+  for model_dir in config.model_dir:
+    model, info = train_lib.load_model(model_dir)
+    builder = input_pipeline.get_builder(info["dataset"], config.data_dir or info.get("data_dir")
+                                         or None)
+    spec = input_pipeline.dataset_spec(builder)
+    if config.split not in builder.info.splits:
+      raise ValueError(f"--split: expected one of {sorted(builder.info.splits)}, "
+                       f"found {config.split!r}.")
+    label = _label(model_dir)
+    log(f"Evaluating {label} (step {info['step']}) on {info['dataset']}:{config.split} with "
+        f"{max(counts)} samples per image")
+    data = draw_samples(model, builder, spec, config.split, max(counts), config.batch_size,
+                        config.limit, config.seed)
+    result = score(data, spec, counts, config.seed)
+    result.update(model_dir=model_dir, step=info["step"], dataset=info["dataset"],
+                  split=config.split)
+    results[label] = result
+    figures[label] = (data, spec)
+  out = config.output_dir
+  os.makedirs(out, exist_ok=True)
+  combined = next(iter(results.values())) if len(results) == 1 else {"models": results}
+  train_lib.atomic_write(os.path.join(out, "metrics.json"), json.dumps(combined, indent=1))
+  train_lib.atomic_write(os.path.join(out, "report.md"), report_markdown(results, counts))
+  for label, (data, spec) in figures.items():
+    suffix = "" if len(figures) == 1 else f"_{label}"
+    refs = data["modes"] if "modes" in data else data["references"]
+    titles = None
+    if "mode_probs" in data:
+      titles = [[f"p={p:.2f}" for p in row] for row in data["mode_probs"]]
+    plots.sample_grid(os.path.join(out, f"samples{suffix}.png"), data["image"], refs,
+                      data["samples"], spec.num_classes, titles)
+  plots.ged_distribution(os.path.join(out, "ged_distribution.png"),
+                         {k: r["per_image"]["ged"] for k, r in results.items()})
+  first = next(iter(results.values()))
+  if "mode_freq_true" in first:
+    n = str(max(counts))
+    plots.mode_frequencies(os.path.join(out, "mode_frequencies.png"), first["mode_freq_true"],
+                           {k: r["mode_freq_sampled"][n] for k, r in results.items()},
+                           first.get("mode_names"))
+  log(f"Wrote {os.path.join(out, 'metrics.json')}, report.md and figures.")
+  return results
