@@ -118,6 +118,13 @@ class _ConstantSchedule(keras.optimizers.schedules.LearningRateSchedule):
     return {"value": self.value}
 
 
+def check_batch_size(batch_size, replicas):
+  """The global batch must split evenly over the replicas."""
+  if batch_size % replicas:
+    raise ValueError(f"--batch_size: expected a multiple of the {replicas} replicas, "
+                     f"found {batch_size}.")
+
+
 def make_strategy(name):
   if name == "mirrored":
     return tf.distribute.MirroredStrategy()
@@ -206,9 +213,7 @@ def run(config, log=print):
   config.validate()
   strategy = make_strategy(config.strategy)
   replicas = strategy.num_replicas_in_sync
-  if config.batch_size % replicas:
-    raise ValueError(f"--batch_size: expected a multiple of the {replicas} replicas, "
-                     f"found {config.batch_size}.")
+  check_batch_size(config.batch_size, replicas)
   builder = input_pipeline.get_builder(config.dataset, config.data_dir or None)
   spec = input_pipeline.dataset_spec(builder)
   os.makedirs(config.model_dir, exist_ok=True)
@@ -286,7 +291,7 @@ def run(config, log=print):
   for writer in writers.values():
     writer.flush()
   return {"step": int(step.numpy()), "logs": logs, "model_dir": config.model_dir,
-          "seconds": time.time() - t0}
+          "seconds": time.time() - t0, "model": model}
 
 
 def _evaluate_and_summarise(model, val_ds, grid_batch, writer, step, log):
