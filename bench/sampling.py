@@ -1,7 +1,7 @@
 """Cost of sampling: one U-Net forward vs `sample` with m = 1, 4, 16, 100 vs naive re-runs.
 
 Prints one JSON line. Configuration: batch 8, 128x128x1 images, channels (32, 64, 128, 192),
-latent 6, 2 classes (LIDC size). Times are medians per image.
+latent 6, 2 classes (LIDC size). Times are per image, the best of several runs.
 """
 
 import os
@@ -27,11 +27,11 @@ def main():
   seed = tf.constant([0, 1], tf.int64)
 
   unet_forward = tf.function(lambda x: model.unet(x, training=False))
-  t_unet = timeit(lambda: unet_forward(images).numpy())
+  t_unet = timeit(lambda: unet_forward(images).numpy(), repeats=7, best=True)
   t_sample = {}
   for m in COUNTS:
     fn = tf.function(lambda x, m=m: model.sample(x, m, seed=seed))
-    t_sample[m] = timeit(lambda fn=fn: fn(images).numpy(), repeats=3 if m == 100 else 5)
+    t_sample[m] = timeit(lambda fn=fn: fn(images).numpy(), repeats=3 if m == 100 else 7, best=True)
 
   def naive(x, m):
     # What a port without the shared computation does: the whole network once per sample.
@@ -40,7 +40,7 @@ def main():
       outs.append(model.sample(x, 1, seed=seed + i))
     return tf.concat(outs, axis=1)
   naive16 = tf.function(lambda x: naive(x, 16))
-  t_naive16 = timeit(lambda: naive16(images).numpy(), repeats=3, warmup=1)
+  t_naive16 = timeit(lambda: naive16(images).numpy(), repeats=3, warmup=1, best=True)
 
   per_image = lambda t: t / BATCH  # noqa: E731
   record = {

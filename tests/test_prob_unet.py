@@ -213,3 +213,13 @@ def test_registry_and_bad_arguments():
     ProbUNet(kl_estimate="mc")
   with pytest.raises(ValueError, match="num_classes"):
     ProbUNet(num_classes=1)
+
+
+@pytest.mark.parametrize("num_classes", [2, 5])
+@pytest.mark.parametrize("num_samples", [1, 7])
+def test_label_only_sampling_equals_argmax_of_logits(num_classes, num_samples):
+  model = make_model(num_classes)
+  images, _ = tiny_batch(2)
+  labels = model.sample(images, num_samples, seed=4)
+  logits = model.sample(images, num_samples, seed=4, return_logits=True)[1]
+  np.testing.assert_array_equal(labels.numpy(), np.argmax(logits.numpy(), -1))

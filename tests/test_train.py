@@ -125,3 +125,27 @@ def test_evaluate_rejects_run_without_checkpoint(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(ValueError, match="--model_dir"):
     train_lib.load_model(str(tmp_path / "empty"))
+
+
+@pytest.mark.slow
+def test_flip_dataset_trains_and_two_runs_evaluate_side_by_side(tmp_path):
+  runs = []
+  for name in ("a", "b"):
+    config = _config(tmp_path, dataset="synthetic_ambiguous/cityscapes_like_tiny",
+                     model_dir=str(tmp_path / name), train_steps=2, eval_every=100, seed=len(runs))
+    train_lib.run(config, log=lambda *_: None)
+    runs.append(config.model_dir)
+  lines = []
+  results = evaluate_lib.run(evaluate_lib.EvalConfig(
+      model_dir=tuple(runs), output_dir=str(tmp_path / "eval"), num_samples=(1, 2)),
+      log=lines.append)
+  assert set(results) == {"a", "b"}
+  for r in results.values():
+    assert len(r["mode_freq_true"]) == 8
+    assert set(r["flip_rates"]) and all(0 <= v["true"] <= 1 for v in r["flip_rates"].values())
+    assert "per-class IoU" in r["conventions"]["distance"]
+  combined = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+  assert set(combined["models"]) == {"a", "b"}
+  report = (tmp_path / "eval" / "report.md").read_text()
+  assert "| a |" in report and "| b |" in report and "flip rates" in report
+  assert any("mode frequencies" in l for l in lines)

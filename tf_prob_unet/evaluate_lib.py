@@ -188,6 +188,48 @@ def report_markdown(results, counts):
   return "\n".join(lines) + "\n"
 
 
+def summary_table(label, result, counts):
+  """The console table: GED (and the mean-prediction baseline), HM-IoU and mode calibration."""
+  has_modes = "mode_tv" in result
+  lines = [f"{label} (step {result.get('step', '?')}) on {result.get('dataset', '?')}:"
+           f"{result.get('split', '?')}, {result['num_images']} images",
+           "   n     GED  GED(mean pred)  HM-IoU" +
+           ("  mode_tv  mode_tv/img  floor/img" if has_modes else "")]
+  for n in counts:
+    k = str(n)
+    row = (f"{n:4d}  {result['ged'][k]:6.4f}  {result['ged_mean_prediction']:14.4f}  "
+           f"{result['hm_iou'][k]:6.4f}")
+    if has_modes:
+      row += (f"  {result['mode_tv'][k]:7.4f}  {result['mode_tv_per_image'][k]:11.4f}  "
+              f"{result['mode_tv_per_image_floor'][k]:9.4f}")
+    lines.append(row)
+  if has_modes:
+    k = str(max(counts))
+    names = result.get("mode_names") or [str(i) for i in range(len(result["mode_freq_true"]))]
+    lines.append(f"mode frequencies at {k} samples, sampled / true: " + ", ".join(
+        f"{name} {s:.3f} / {t:.3f}" for name, s, t in
+        zip(names, result["mode_freq_sampled"][k], result["mode_freq_true"])))
+  return "\n".join(lines)
+
+
+def demo_targets(result, n=16):
+  """The embedded dataset's targets (README): `{name: (passed, measured, target)}`."""
+  k = str(n)
+  out = {"ged <= 0.5 * mean-prediction GED": (
+      result["ged"][k] <= 0.5 * result["ged_mean_prediction"], result["ged"][k],
+      0.5 * result["ged_mean_prediction"])}
+  if "mode_tv" in result:
+    floor = result["mode_tv_per_image_floor"][k]
+    ratios = [s / t for s, t in zip(result["mode_freq_sampled"][k], result["mode_freq_true"])
+              if t > 0]
+    out["mode_tv <= 0.10"] = (result["mode_tv"][k] <= 0.10, result["mode_tv"][k], 0.10)
+    out["mode_tv_per_image <= floor + 0.15"] = (
+        result["mode_tv_per_image"][k] <= floor + 0.15, result["mode_tv_per_image"][k],
+        floor + 0.15)
+    out["every mode sampled >= 0.5 x its frequency"] = (min(ratios) >= 0.5, min(ratios), 0.5)
+  return out
+
+
 def run(config, log=print):
   """Evaluates every run in `config.model_dir`; returns `{label: metrics}`."""
   config.validate()
@@ -232,5 +274,12 @@ def run(config, log=print):
     plots.mode_frequencies(os.path.join(out, "mode_frequencies.png"), first["mode_freq_true"],
                            {k: r["mode_freq_sampled"][n] for k, r in results.items()},
                            first.get("mode_names"))
-  log(f"Wrote {os.path.join(out, 'metrics.json')}, report.md and figures.")
+  for label, result in results.items():
+    log(summary_table(label, result, counts))
+    if str(16) in result["ged"] and "mode_tv" in result:
+      log("targets at 16 samples: " + "; ".join(
+          f"{name}: {'PASS' if ok else 'FAIL'} ({got:.3f} vs {want:.3f})"
+          for name, (ok, got, want) in demo_targets(result).items()))
+  log(f"Wrote {os.path.join(out, 'metrics.json')}, report.md and figures "
+      f"(samples.png, ged_distribution.png{', mode_frequencies.png' if 'mode_freq_true' in first else ''}).")
   return results

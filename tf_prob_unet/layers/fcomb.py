@@ -77,7 +77,7 @@ class FComb(keras.layers.Layer):
     kernel = tf.convert_to_tensor(first.kernel)[:self.feature_channels]
     return _dense_last_axis(features, kernel, tf.convert_to_tensor(first.bias))
 
-  def combine(self, projected, z):
+  def combine(self, projected, z, labels_only=False):
     """Logits for M latents per image from `project_features`' output.
 
     With M > 1 the per-sample part runs image by image and sample by sample (`tf.map_fn` over the
@@ -88,9 +88,12 @@ class FComb(keras.layers.Layer):
     Args:
       projected: `[B, H, W, channels]`.
       z: `[B, M, N]`.
+      labels_only: return the arg-max labels `[B, M, H, W]` int32 instead of the logits,
+        computed chunk by chunk (no `[B, M, H, W, K]` tensor is materialised). For two classes
+        the label is `l1 - l0 > 0`, which equals the arg-max, ties included.
 
     Returns:
-      `[B, M, H, W, num_classes]` logits.
+      `[B, M, H, W, num_classes]` logits, or `[B, M, H, W]` int32 labels.
     """
     first = self.hidden[0]
     z_kernel = tf.convert_to_tensor(first.kernel)[self.feature_channels:]
@@ -99,6 +102,10 @@ class FComb(keras.layers.Layer):
                for d in self.hidden[1:]]
     logits_kernel = tf.convert_to_tensor(self.logits.kernel)
     logits_bias = tf.convert_to_tensor(self.logits.bias)
+    binary_labels = labels_only and self.num_classes == 2
+    if binary_labels:
+      logits_kernel = logits_kernel[:, 1:] - logits_kernel[:, :1]
+      logits_bias = logits_bias[1:] - logits_bias[:1]
     shape = tf.shape(projected)
     batch, height, width = shape[0], shape[1], shape[2]
     pixels = tf.reshape(projected, [batch, height * width, self.channels])
@@ -109,21 +116,26 @@ class FComb(keras.layers.Layer):
       h = tf.reshape(tf.nn.relu(p + zp), [-1, self.channels])
       for kernel, bias in kernels:
         h = tf.nn.relu(tf.nn.bias_add(tf.matmul(h, kernel), bias))
-      return tf.nn.bias_add(tf.matmul(h, logits_kernel), logits_bias)
+      out = tf.nn.bias_add(tf.matmul(h, logits_kernel), logits_bias)
+      if binary_labels:
+        return tf.cast(out[:, 0] > 0, tf.int32)
+      if labels_only:
+        return tf.argmax(out, axis=-1, output_type=tf.int32)
+      return out
 
+    out_shape = [batch, -1, height, width] + ([] if labels_only else [self.num_classes])
     if z.shape[1] == 1:
-      logits = tf.reshape(mlp(pixels, z_part), [batch, 1, height * width, self.num_classes])
-    else:
-      num = tf.shape(z_part)[1]
-      flat_z = tf.reshape(z_part, [-1, self.channels])
+      return tf.reshape(mlp(pixels, z_part), out_shape)
+    num = tf.shape(z_part)[1]
+    flat_z = tf.reshape(z_part, [-1, self.channels])
 
-      def one(i):
-        return mlp(pixels[i // num], flat_z[i][tf.newaxis])
+    def one(i):
+      return mlp(pixels[i // num], flat_z[i][tf.newaxis])
 
-      logits = tf.map_fn(one, tf.range(batch * num), fn_output_signature=projected.dtype,
-                         parallel_iterations=2)
-      logits = tf.reshape(logits, [batch, num, height * width, self.num_classes])
-    return tf.reshape(logits, [batch, -1, height, width, self.num_classes])
+    out = tf.map_fn(one, tf.range(batch * num),
+                    fn_output_signature=tf.int32 if labels_only else projected.dtype,
+                    parallel_iterations=2)
+    return tf.reshape(out, out_shape)
 
   def call(self, features, z):
     single = len(z.shape) == 2

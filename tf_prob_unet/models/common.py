@@ -96,6 +96,11 @@ class SegmentationModel(keras.Model):
   def sample_logits(self, images, num_samples=1, seed=None):
     raise NotImplementedError
 
+  def sample_labels(self, images, num_samples=1, seed=None):
+    """`[B, M, H, W]` int32 labels; models with a cheaper label-only path override this."""
+    return tf.argmax(self.sample_logits(images, num_samples, seed), axis=-1,
+                     output_type=tf.int32)
+
   def sample(self, images, num_samples=1, seed=None, return_logits=False, return_probs=False):
     """Draws `num_samples` segmentations per image.
 
@@ -110,10 +115,10 @@ class SegmentationModel(keras.Model):
       `[B, M, H, W]` int32 label maps; with `return_logits` / `return_probs` a tuple
       `(labels, logits?, probs?)` whose extra entries are `[B, M, H, W, K]`.
     """
+    if not (return_logits or return_probs):
+      return self.sample_labels(images, num_samples=num_samples, seed=seed)
     logits = self.sample_logits(images, num_samples=num_samples, seed=seed)
     labels = tf.argmax(logits, axis=-1, output_type=tf.int32)
-    if not (return_logits or return_probs):
-      return labels
     out = (labels,)
     if return_logits:
       out += (logits,)

@@ -122,17 +122,24 @@ class ProbUNet(common.SegmentationModel):
           tf.shape(posterior.mean()), seed)
     return self.fcomb(self.unet(images, training=training), z)
 
+  def _prior_samples(self, images, num_samples, seed, labels_only):
+    features = self.unet(images, training=False)
+    mu, log_sigma = self.prior_net.params(images, training=False)
+    eps = common.normal_noise(tf.stack([tf.shape(mu)[0], num_samples, self.latent_dim]), seed)
+    z = mu[:, tf.newaxis] + tf.exp(log_sigma)[:, tf.newaxis] * eps
+    return self.fcomb.combine(self.fcomb.project_features(features), z, labels_only=labels_only)
+
   def sample_logits(self, images, num_samples=1, seed=None):
     """Logits of `num_samples` prior samples per image, `[B, M, H, W, K]`.
 
     The U-Net, the prior net and f_comb's feature projection run once per image; the latent
     draws go through the rest of f_comb in one batched call.
     """
-    features = self.unet(images, training=False)
-    mu, log_sigma = self.prior_net.params(images, training=False)
-    eps = common.normal_noise(tf.stack([tf.shape(mu)[0], num_samples, self.latent_dim]), seed)
-    z = mu[:, tf.newaxis] + tf.exp(log_sigma)[:, tf.newaxis] * eps
-    return self.fcomb.combine(self.fcomb.project_features(features), z)
+    return self._prior_samples(images, num_samples, seed, labels_only=False)
+
+  def sample_labels(self, images, num_samples=1, seed=None):
+    """Like `sample_logits`, arg-maxed chunk by chunk: `[B, M, H, W]` int32 (the same draws)."""
+    return self._prior_samples(images, num_samples, seed, labels_only=True)
 
   # --- training -------------------------------------------------------------------------------
 
