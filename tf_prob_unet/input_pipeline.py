@@ -59,6 +59,10 @@ def _local_builder_module(name):
   module_name = f"{package}.{name}_dataset_builder"
   if module_name in sys.modules:
     return sys.modules[module_name]
+  try:  # Already imported under another name (e.g. by its own test): TFDS registers a name once.
+    return sys.modules[tfds.builder_cls(name).__module__]
+  except (tfds.core.registered.DatasetNotFoundError, KeyError):
+    pass
   _ensure_package("tf_prob_unet_datasets", root)
   _ensure_package(package, folder)
   spec = importlib.util.spec_from_file_location(module_name, path)
