@@ -13,9 +13,17 @@ from tf_prob_unet.layers.gaussian_head import bound_log_sigma
 from tf_prob_unet.layers.unet import resize_bilinear
 
 
-def _rebuilt_equal(layer, clone, *inputs):
+def _assert_round_trip_rebuild_equal(layer, x):
+  """Config round trip, then the clone with the layer's weights computes the same output."""
+  clone = assert_config_round_trip(layer)
+  clone.build(x.shape)
   clone.set_weights(layer.get_weights())
-  return layer(*inputs), clone(*inputs)
+  for a, b in zip(_as_list(layer(x)), _as_list(clone(x))):
+    assert_allclose(a, b)
+
+
+def _as_list(y):
+  return y if isinstance(y, list) else [y]
 
 
 def test_conv_block_shapes_and_round_trip():
@@ -25,10 +33,7 @@ def test_conv_block_shapes_and_round_trip():
   y = block(x)
   assert tuple(y.shape) == (2, 5, 5, 8)
   assert block.compute_output_shape(x.shape) == (2, 5, 5, 8)
-  clone = assert_config_round_trip(block)
-  clone.build(x.shape)
-  a, b = _rebuilt_equal(block, clone, x)
-  assert_allclose(a, b)
+  _assert_round_trip_rebuild_equal(block, x)
 
 
 def test_encoder_levels_and_round_trip():
@@ -37,11 +42,7 @@ def test_encoder_levels_and_round_trip():
   enc.build(x.shape)
   feats = enc(x)
   assert [tuple(f.shape) for f in feats] == [(2, 32, 32, 4), (2, 16, 16, 8), (2, 8, 8, 16)]
-  clone = assert_config_round_trip(enc)
-  clone.build(x.shape)
-  clone.set_weights(enc.get_weights())
-  for a, b in zip(enc(x), clone(x)):
-    assert_allclose(a, b)
+  _assert_round_trip_rebuild_equal(enc, x)
 
 
 @pytest.mark.parametrize("mode", ["align_corners", "half_pixel"])
@@ -52,10 +53,7 @@ def test_unet_output_is_full_resolution_features(mode):
   y = unet(x)
   assert tuple(y.shape) == (2, 32, 32, TINY_CHANNELS[0])
   assert np.all(y.numpy() >= 0)  # ReLU features, no logits
-  clone = assert_config_round_trip(unet)
-  clone.build(x.shape)
-  a, b = _rebuilt_equal(unet, clone, x)
-  assert_allclose(a, b)
+  _assert_round_trip_rebuild_equal(unet, x)
 
 
 def test_unet_odd_size_upsamples_to_skip_size():

@@ -371,6 +371,25 @@ def _cross_distances(a, plain_a, b, plain_b, valid, binary, classes):
   return d.reshape(-1, sa, sb)
 
 
+def _checked_cross_distances(samples, references, references_name, num_classes, class_ids,
+                             ignore_index, weights=None):
+  """Validates `samples` against `references` and returns `(d [B, S, R], weights or None)`.
+
+  `weights` (`[B, R]` or `[R]`, named `mode_probs`) is checked and used to leave zero-weight
+  references out of the void mask.
+  """
+  binary, classes = _resolve_classes(num_classes, class_ids, ignore_index)
+  samples, plain_s = _labels(samples, "samples", num_classes, ignore_index)
+  references, plain_r = _labels(references, references_name, num_classes, ignore_index)
+  _check_pair(samples, "samples", references, references_name)
+  p = None
+  if weights is not None:
+    p = _check_weights(weights, references.shape[0], references.shape[1], "mode_probs")
+  valid = _void_valid(references, ignore_index, p)
+  d = _cross_distances(samples, plain_s, references, plain_r, valid, binary, classes)
+  return d, p
+
+
 def _self_distances(groups, plains, valid, binary, classes):
   """`[B, M, M]` symmetric distances among all masks of the stacked `groups`."""
   total = sum(g.shape[1] for g in groups)
@@ -511,12 +530,8 @@ def hungarian_matched_iou(samples, references, *, num_classes=2, class_ids=None,
   Raises:
     ValueError: on malformed inputs.
   """
-  binary, classes = _resolve_classes(num_classes, class_ids, ignore_index)
-  samples, plain_s = _labels(samples, "samples", num_classes, ignore_index)
-  references, plain_r = _labels(references, "references", num_classes, ignore_index)
-  _check_pair(samples, "samples", references, "references")
-  valid = _void_valid(references, ignore_index)
-  d = _cross_distances(samples, plain_s, references, plain_r, valid, binary, classes)
+  d, _ = _checked_cross_distances(samples, references, "references", num_classes, class_ids,
+                                  ignore_index)
   s, r = d.shape[1:]
   size = s * r // math.gcd(s, r)
   rows = (np.arange(size) % s)[:, None]
@@ -688,13 +703,8 @@ def assign_modes(samples, modes, mode_probs, *, num_classes=2, class_ids=None, i
   Raises:
     ValueError: on malformed inputs.
   """
-  binary, classes = _resolve_classes(num_classes, class_ids, ignore_index)
-  samples, plain_s = _labels(samples, "samples", num_classes, ignore_index)
-  modes, plain_m = _labels(modes, "modes", num_classes, ignore_index)
-  _check_pair(samples, "samples", modes, "modes")
-  p = _check_weights(mode_probs, modes.shape[0], modes.shape[1], "mode_probs")
-  valid = _void_valid(modes, ignore_index, p)
-  d = _cross_distances(samples, plain_s, modes, plain_m, valid, binary, classes)  # [B, S, M]
+  d, p = _checked_cross_distances(samples, modes, "modes", num_classes, class_ids, ignore_index,
+                                  mode_probs)  # [B, S, M]
   # d lies in [0, 1]: 2 stands for NaN (+inf), 3 for excluded modes.
   key = np.where(np.isnan(d), 2.0, d)
   key = np.where((p > 0)[:, None, :], key, 3.0)
