@@ -15,10 +15,6 @@ def assert_config_round_trip(layer):
   return clone
 
 
-def copy_weights(src, dst):
-  dst.set_weights(src.get_weights())
-
-
 def assert_allclose(a, b, **kw):
   kw.setdefault("rtol", 1e-6)
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), **kw)

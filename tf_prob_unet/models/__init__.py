@@ -1,5 +1,7 @@
 """Models behind one registry: `--model=NAME` maps to a constructor."""
 
+import inspect
+
 from tf_prob_unet.models.common import SegmentationModel
 from tf_prob_unet.models.prob_unet import ProbUNet
 
@@ -20,6 +22,5 @@ __all__ = ["MODELS", "ProbUNet", "SegmentationModel", "get_model_class"]
 
 def filter_kwargs(name, kwargs):
   """The subset of `kwargs` that the constructor of model `name` accepts."""
-  import inspect
   params = inspect.signature(get_model_class(name).__init__).parameters
   return {k: v for k, v in kwargs.items() if k in params}
