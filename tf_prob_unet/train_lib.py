@@ -234,7 +234,9 @@ def run(config, log=print):
     model.compile(optimizer=optimizer)
     optimizer.build(model.trainable_variables)
     iterator = iter(strategy.experimental_distribute_dataset(train_ds))
-    step = tf.Variable(0, dtype=tf.int64, trainable=False)
+  # The training step is the optimizer's own counter; it is also saved under `step` so that
+  # `load_model` can read it without rebuilding an optimizer.
+  step = optimizer.iterations
   checkpoint = tf.train.Checkpoint(weights=model_weights(model), optimizer=optimizer, step=step,
                                   iterator=iterator)
   manager = tf.train.CheckpointManager(
@@ -246,7 +248,6 @@ def run(config, log=print):
   @tf.function
   def train_step(it):
     strategy.run(model.train_step, args=(next(it),))
-    step.assign_add(1)
 
   val_ds = input_pipeline.eval_dataset(builder, spec, 4, split="validation",
                                        limit=max(config.eval_batches, 1) * 4)
@@ -297,10 +298,8 @@ def run(config, log=print):
 def _evaluate_and_summarise(model, val_ds, grid_batch, writer, step, log):
   """Validation ELBO terms and a sample grid into the validation summaries."""
   model.reset_metrics()
-  for batch in val_ds:
-    graders = batch["references"]
-    label = graders[:, 0] if len(graders.shape) == 4 else graders
-    model.test_step((batch["image"], label))
+  for batch in val_ds:  # the first grader (or the unflipped mode) as the label
+    model.test_step((batch["image"], batch["references"][:, 0]))
   logs = {t.name: float(t.result()) for t in model.metrics}
   model.reset_metrics()
   samples = model.sample(grid_batch["image"], 4, seed=0)
