@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP_FLAGS ?= -q
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench compare clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ test-fast: install
 
 bench: install
 	$(PY) bench/run_all.py
+
+# The Probabilistic U-Net against the baselines on the synthetic LIDC-like data, one budget
+# (README, "Baselines"); COMPARE_FLAGS passes options to bench/compare_models.py.
+COMPARE_FLAGS ?=
+compare: install
+	$(PY) bench/compare_models.py --output_dir=runs/compare $(COMPARE_FLAGS)
 
 clean:
 	rm -rf runs

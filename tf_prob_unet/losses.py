@@ -1,4 +1,4 @@
-"""Losses: reconstruction cross-entropy with an ignore label, and the KL terms of the ELBO."""
+"""Losses: reconstruction cross-entropy with an ignore label, the ELBO's KL, the M-Heads loss."""
 
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -58,3 +58,24 @@ def kl_divergence(posterior, prior, z=None):
   if z is None:
     return tfd.kl_divergence(posterior, prior)
   return posterior.log_prob(z) - prior.log_prob(z)
+
+
+def m_heads_loss(per_head_loss, epsilon=0.05):
+  """The M-Heads loss: the best head weighted by 1 - epsilon, every other by epsilon / (M - 1).
+
+  The best head is the one with the lowest loss, chosen per example; the weights are constants
+  (no gradient flows through the choice). One head gets weight 1.
+
+  Args:
+    per_head_loss: `[..., M]` loss of each head (e.g. its CE summed over pixels).
+    epsilon: the weight shared by the other heads (0.05 in the paper).
+
+  Returns:
+    `[...]` the weighted sum over heads.
+  """
+  num_heads = per_head_loss.shape[-1]
+  if num_heads == 1:
+    return per_head_loss[..., 0]
+  best = tf.one_hot(tf.argmin(per_head_loss, axis=-1), num_heads, dtype=per_head_loss.dtype)
+  weights = best * (1.0 - epsilon) + (1.0 - best) * (epsilon / (num_heads - 1))
+  return tf.reduce_sum(tf.stop_gradient(weights) * per_head_loss, axis=-1)

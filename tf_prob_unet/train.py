@@ -18,7 +18,8 @@ from tf_prob_unet import train_lib  # noqa: E402
 
 _D = train_lib.TrainConfig()
 _HELP = {
-    "model": "Model name: prob_unet | unet.",
+    "model": "Model name: prob_unet | unet | dropout_unet | unet_ensemble | m_heads | "
+             "image2image_vae.",
     "dataset": "TFDS dataset NAME/CONFIG, e.g. synthetic_ambiguous/lidc_like.",
     "data_dir": "TFDS data directory (empty: TFDS's default ~/tensorflow_datasets).",
     "model_dir": "Run directory: checkpoints, summaries, flags.cfg. An existing run resumes.",
@@ -36,6 +37,13 @@ _HELP = {
     "beta": "Weight of the KL term.",
     "kl_estimate": "analytic | sampled.",
     "weight_decay": "Reference weight decay: coefficient of sum(w^2)/2 over kernels.",
+    "dropout_rate": "dropout_unet: dropout rate of the innermost blocks (paper: 0.5).",
+    "dropout_levels": "dropout_unet: innermost encoder and decoder blocks with dropout (paper: 3).",
+    "ensemble_size": "unet_ensemble: K members, one sample each (paper: 4, 8, 16).",
+    "ensemble_member_batch": "unet_ensemble: shared (each member sees the whole batch, as in "
+                             "the paper) | split (member k trains on the k-th slice).",
+    "num_heads": "m_heads: M heads, one sample each (paper: 4, 8, 16).",
+    "m_heads_epsilon": "m_heads: total weight of the non-best heads (paper: 0.05).",
     "lr_values": "Piecewise-constant learning rates.",
     "lr_boundaries": "Steps where the learning rate changes.",
     "checkpoint_every": "Steps between checkpoints.",

@@ -47,6 +47,13 @@ class TrainConfig:
   beta: float = 1.0
   kl_estimate: str = "analytic"
   weight_decay: float = 1e-5
+  # Baselines.
+  dropout_rate: float = 0.5
+  dropout_levels: int = 3
+  ensemble_size: int = 4
+  ensemble_member_batch: str = "shared"
+  num_heads: int = 4
+  m_heads_epsilon: float = 0.05
   # Optimisation: Adam with a piecewise-constant learning rate.
   lr_values: tuple = (1e-4, 5e-5, 1e-5, 5e-7)
   lr_boundaries: tuple = (80000, 160000, 240000)
@@ -74,6 +81,19 @@ class TrainConfig:
       raise ValueError(f"--lr_boundaries: expected increasing steps, found {self.lr_boundaries}.")
     if not self.channels:
       raise ValueError("--channels: expected at least one level, found none.")
+    for name in ("ensemble_size", "num_heads", "dropout_levels"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"--{name}: expected a positive integer, found {getattr(self, name)}.")
+    if self.ensemble_member_batch not in ("shared", "split"):
+      raise ValueError(f"--ensemble_member_batch: expected shared or split, found "
+                       f"{self.ensemble_member_batch!r}.")
+    if self.ensemble_member_batch == "split" and self.batch_size % self.ensemble_size:
+      raise ValueError(f"--batch_size: expected a multiple of --ensemble_size="
+                       f"{self.ensemble_size} with --ensemble_member_batch=split, found "
+                       f"{self.batch_size}.")
+    for name in ("dropout_rate", "m_heads_epsilon"):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        raise ValueError(f"--{name}: expected a value in [0, 1), found {getattr(self, name)}.")
     if not self.model_dir:
       raise ValueError("--model_dir: expected a directory, found an empty string.")
 
@@ -144,7 +164,11 @@ def model_kwargs(config, spec):
                 seed=config.seed,
                 # The baselines' classifier heads mirror f_comb (without the latent).
                 head_channels=config.fcomb_channels or None,
-                num_head_hidden=config.num_fcomb_hidden)
+                num_head_hidden=config.num_fcomb_hidden,
+                dropout_rate=config.dropout_rate, dropout_levels=config.dropout_levels,
+                ensemble_size=config.ensemble_size,
+                member_batch=config.ensemble_member_batch, num_heads=config.num_heads,
+                epsilon=config.m_heads_epsilon)
   return models.filter_kwargs(config.model, kwargs)
 
 

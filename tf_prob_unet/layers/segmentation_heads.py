@@ -1,4 +1,4 @@
-"""Per-pixel classifier heads of the baselines: M parallel stacks of 1x1 convolutions."""
+"""The baselines' per-pixel classifier: hidden 1x1 convolutions, then M heads of logits."""
 
 import keras
 import tensorflow as tf
@@ -8,20 +8,20 @@ from tf_prob_unet.layers import initializers
 
 @keras.saving.register_keras_serializable(package="tf_prob_unet")
 class SegmentationHeads(keras.layers.Layer):
-  """`num_heads` parallel heads `num_hidden x (1x1 conv, channels, ReLU) -> 1x1 conv to logits`.
+  """`num_hidden x (1x1 conv, channels, ReLU)`, then `num_heads` 1x1 convs to logits.
 
   The baselines' counterpart of f_comb without a latent: with the same `channels` and
-  `num_hidden` a baseline's classifier has the Probabilistic U-Net's f_comb, less the latent
-  input, so the models differ only in how they produce diversity. One head is the plain U-Net's
-  classifier; M heads are the M-Heads baseline's branches (each with its own weights), computed
-  together as batched 1x1 convolutions. As in f_comb, the hidden kernels carry the weight decay
-  and the logits kernels do not.
+  `num_hidden` a baseline's classifier is the Probabilistic U-Net's f_comb less the latent
+  input, so the models differ only in how they produce diversity. With one head this is the plain
+  U-Net's classifier; with M heads the network branches after its last layer into M logits convs
+  (the M-Heads baseline; each head has its own kernel and bias). As in f_comb, the hidden kernels
+  carry the weight decay and the logits kernels do not.
 
   Args:
     num_classes: logits channels K.
     channels: channels of the hidden 1x1 convolutions.
-    num_hidden: hidden 1x1 convolutions per head (0: a single 1x1 logits conv).
-    num_heads: M, independent heads.
+    num_hidden: hidden 1x1 convolutions (0: the heads act on the features directly).
+    num_heads: M, the number of logits convs.
     weight_decay: reference weight-decay coefficient of the hidden kernels.
 
   Input shape: `[B, H, W, C]` features. Output shape: `[B, M, H, W, K]` logits.
@@ -40,41 +40,32 @@ class SegmentationHeads(keras.layers.Layer):
     self.weight_decay = float(weight_decay)
 
   def build(self, input_shape):
-    in_channels = int(input_shape[-1])
-    # self.heads[m] is the list of Dense layers (1x1 convs) of head m, logits last.
-    self.heads = []
-    for m in range(self.num_heads):
-      layers, width = [], in_channels
-      for i in range(self.num_hidden):
-        dense = keras.layers.Dense(
-            self.channels, kernel_initializer=initializers.kernel_initializer(),
-            bias_initializer=initializers.bias_initializer(),
-            kernel_regularizer=initializers.kernel_regularizer(self.weight_decay),
-            name=f"head_{m}_hidden_{i}")
-        dense.build((None, width))
-        width = self.channels
-        layers.append(dense)
-      logits = keras.layers.Dense(
-          self.num_classes, kernel_initializer=initializers.kernel_initializer(),
-          bias_initializer=initializers.bias_initializer(), name=f"head_{m}_logits")
-      logits.build((None, width))
-      layers.append(logits)
-      self.heads.append(layers)
-
-  def _stacked(self, depth):
-    """Kernels `[M, C_in, C_out]` and biases `[M, 1, 1, 1, C_out]` of every head at `depth`."""
-    kernels = tf.stack([tf.convert_to_tensor(h[depth].kernel) for h in self.heads])
-    biases = tf.stack([tf.convert_to_tensor(h[depth].bias) for h in self.heads])
-    return kernels, biases[:, tf.newaxis, tf.newaxis, tf.newaxis]
+    width = int(input_shape[-1])
+    self.hidden = []
+    for i in range(self.num_hidden):
+      dense = keras.layers.Dense(
+          self.channels, activation="relu", kernel_initializer=initializers.kernel_initializer(),
+          bias_initializer=initializers.bias_initializer(),
+          kernel_regularizer=initializers.kernel_regularizer(self.weight_decay),
+          name=f"hidden_{i}")
+      dense.build((None, width))
+      width = self.channels
+      self.hidden.append(dense)
+    # The M heads' kernels side by side, `[C, M * K]`: head m owns columns [m K, (m + 1) K).
+    # He-normal's fan-in is C either way, so each head is initialised as a conv of its own.
+    self.logits = keras.layers.Dense(
+        self.num_heads * self.num_classes, kernel_initializer=initializers.kernel_initializer(),
+        bias_initializer=initializers.bias_initializer(), name="logits")
+    self.logits.build((None, width))
 
   def call(self, features):
-    kernels, biases = self._stacked(0)
-    x = tf.einsum("bhwc,mcd->mbhwd", features, kernels) + biases
-    for depth in range(1, self.num_hidden + 1):
-      x = tf.nn.relu(x)
-      kernels, biases = self._stacked(depth)
-      x = tf.einsum("mbhwc,mcd->mbhwd", x, kernels) + biases
-    return tf.transpose(x, [1, 0, 2, 3, 4])
+    x = features
+    for dense in self.hidden:
+      x = dense(x)
+    logits = self.logits(x)
+    shape = tf.shape(logits)
+    logits = tf.reshape(logits, tf.concat([shape[:3], [self.num_heads, self.num_classes]], 0))
+    return tf.transpose(logits, [0, 3, 1, 2, 4])
 
   def compute_output_shape(self, input_shape):
     b, h, w, _ = input_shape

@@ -3,12 +3,20 @@
 import inspect
 
 from tf_prob_unet.models.common import SegmentationModel
+from tf_prob_unet.models.dropout_unet import DropoutUNet
+from tf_prob_unet.models.image2image_vae import Image2ImageVAE
+from tf_prob_unet.models.m_heads import MHeads
 from tf_prob_unet.models.prob_unet import ProbUNet
 from tf_prob_unet.models.unet import DeterministicUNet
+from tf_prob_unet.models.unet_ensemble import UNetEnsemble
 
 MODELS = {
     "prob_unet": ProbUNet,
     "unet": DeterministicUNet,
+    "dropout_unet": DropoutUNet,
+    "unet_ensemble": UNetEnsemble,
+    "m_heads": MHeads,
+    "image2image_vae": Image2ImageVAE,
 }
 
 
@@ -19,7 +27,8 @@ def get_model_class(name):
   return MODELS[name]
 
 
-__all__ = ["MODELS", "DeterministicUNet", "ProbUNet", "SegmentationModel", "get_model_class"]
+__all__ = ["MODELS", "DeterministicUNet", "DropoutUNet", "Image2ImageVAE", "MHeads", "ProbUNet",
+           "UNetEnsemble", "SegmentationModel", "get_model_class"]
 
 
 def filter_kwargs(name, kwargs):

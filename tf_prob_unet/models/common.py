@@ -14,10 +14,41 @@ def normal_noise(shape, seed=None):
   """
   if seed is None:
     return tf.random.normal(shape)
+  return tf.random.stateless_normal(shape, seed=as_seed(seed))
+
+
+def as_seed(seed):
+  """A `[2]` int64 stateless-RNG seed from an int or a `[2]` int tensor (None stays None)."""
+  if seed is None:
+    return None
   seed = tf.convert_to_tensor(seed)
   if seed.shape.rank == 0:
     seed = tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)])
-  return tf.random.stateless_normal(shape, seed=tf.cast(seed, tf.int64))
+  return tf.cast(seed, tf.int64)
+
+
+def centred_one_hot(labels, num_classes, dtype=tf.float32):
+  """`one_hot(labels) - 0.5`, `[B, H, W, K]`: entries +-0.5, ignored pixels -0.5 everywhere."""
+  return tf.one_hot(tf.cast(labels, tf.int32), num_classes, dtype=dtype) - 0.5
+
+
+def check_num_samples(num_samples, available, model, unit):
+  """`num_samples` as a Python int, checked against a model with `available` fixed samples.
+
+  Args:
+    num_samples: the requested number (an int, or a tensor with a static value).
+    available: how many distinct samples the model has (heads, ensemble members).
+    model: the model's name, for the message.
+    unit: what one sample is (`"head"`, `"member"`), for the message.
+
+  Raises:
+    ValueError: `num_samples` is not in `[1, available]` or not known statically.
+  """
+  value = num_samples if isinstance(num_samples, int) else tf.get_static_value(num_samples)
+  if value is None or not 1 <= int(value) <= available:
+    raise ValueError(f"{model}.sample: num_samples: expected 1 to {available} (one sample per "
+                     f"{unit}), found {num_samples}.")
+  return int(value)
 
 
 def split_batch(data):

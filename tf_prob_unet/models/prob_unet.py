@@ -90,8 +90,8 @@ class ProbUNet(common.SegmentationModel):
     The one-hot is aligned with the image pixel for pixel (the reference's NCHW reshape scrambles
     it; see the README's deviations).
     """
-    one_hot = tf.one_hot(tf.cast(labels, tf.int32), self.num_classes, dtype=images.dtype)
-    return tf.concat([images, one_hot - 0.5], axis=-1)
+    return tf.concat([images, common.centred_one_hot(labels, self.num_classes, images.dtype)],
+                     axis=-1)
 
   def prior(self, images, training=False):
     """P(z | X): a `tfd.MultivariateNormalDiag`, batch `[B]`, event `[N]`."""
