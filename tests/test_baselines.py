@@ -14,9 +14,9 @@ from tf_prob_unet.models import MODELS, get_model_class
 BASELINES = ["unet", "dropout_unet", "unet_ensemble", "m_heads", "image2image_vae"]
 
 
-# Fixed-sample models get enough members / heads for the shape tests' 4 samples.
-# The tiny Dropout U-Net has 3 levels: dropout on the 2 innermost keeps the input pixels intact.
-SIZES = {"unet_ensemble": {"ensemble_size": 4}, "m_heads": {"num_heads": 4},
+# Fixed-sample models get 2 members / heads (the shape tests draw 2 samples); the tiny Dropout
+# U-Net has 3 levels, and dropout on the 2 innermost keeps the input pixels intact.
+SIZES = {"unet_ensemble": {"ensemble_size": 2}, "m_heads": {"num_heads": 2},
          "dropout_unet": {"dropout_levels": 2}}
 
 
@@ -41,11 +41,11 @@ def test_shapes(name, num_classes, in_channels):
   model = make_model(name, num_classes, in_channels)
   images, _ = tiny_batch(3, 32, in_channels, num_classes)
   assert tuple(model(images).shape) == (3, 32, 32, num_classes)
-  labels, logits, probs = model.sample(images, num_samples=4, seed=0, return_logits=True,
+  labels, logits, probs = model.sample(images, num_samples=2, seed=0, return_logits=True,
                                        return_probs=True)
-  assert tuple(labels.shape) == (3, 4, 32, 32) and labels.dtype == tf.int32
-  assert tuple(logits.shape) == (3, 4, 32, 32, num_classes)
-  assert_allclose(tf.reduce_sum(probs, -1), np.ones((3, 4, 32, 32)), atol=1e-5)
+  assert tuple(labels.shape) == (3, 2, 32, 32) and labels.dtype == tf.int32
+  assert tuple(logits.shape) == (3, 2, 32, 32, num_classes)
+  assert_allclose(tf.reduce_sum(probs, -1), np.ones((3, 2, 32, 32)), atol=1e-5)
   np.testing.assert_array_equal(labels.numpy(), np.argmax(logits.numpy(), -1))
   assert tuple(model.sample(images, 1, seed=0).shape) == (3, 1, 32, 32)
 
@@ -211,7 +211,7 @@ def test_ensemble_members_are_independent_and_one_pass_equals_separate_training(
   initial = alone.get_weights()
   for model in (ensemble, alone):
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
-    model.fit(images, labels, batch_size=2, epochs=3, shuffle=False, verbose=0)
+    model.fit(images, labels, batch_size=2, epochs=2, shuffle=False, verbose=0)
   # Member 0, trained in one pass with member 1 (summed losses), followed the updates it follows
   # alone: Adam is per parameter and the other member's loss has no gradient here.
   moved = [np.abs(a - b).max() for a, b in zip(first.get_weights(), alone.get_weights())]
@@ -257,7 +257,7 @@ def test_dropout_active_when_sampling_and_off_in_the_prediction():
 
 
 def test_dropout_sits_on_the_three_innermost_encoder_and_decoder_blocks():
-  model = make_model("dropout_unet", channels=(4, 8, 16, 16, 16))
+  model = make_model("dropout_unet", channels=(4, 8, 16, 16, 16), dropout_levels=3)
   encoder = [b.dropout_rate for b in model.unet.encoder.blocks]
   decoder = [b.dropout_rate for b in model.unet.decoder_blocks]  # innermost first
   assert encoder == [0.0, 0.0, 0.5, 0.5, 0.5]

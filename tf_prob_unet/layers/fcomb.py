@@ -58,17 +58,11 @@ class FComb(keras.layers.Layer):
     self.hidden = []
     in_channels = self.feature_channels + self.latent_dim
     for i in range(self.num_hidden):
-      dense = keras.layers.Dense(
-          self.channels, activation="relu", kernel_initializer=initializers.kernel_initializer(),
-          bias_initializer=initializers.bias_initializer(),
-          kernel_regularizer=initializers.kernel_regularizer(self.weight_decay),
-          name=f"hidden_{i}")
+      dense = initializers.dense(self.channels, self.weight_decay, "relu", f"hidden_{i}")
       dense.build((None, in_channels))
       in_channels = self.channels
       self.hidden.append(dense)
-    self.logits = keras.layers.Dense(
-        self.num_classes, kernel_initializer=initializers.kernel_initializer(),
-        bias_initializer=initializers.bias_initializer(), name="logits")
+    self.logits = initializers.dense(self.num_classes, name="logits")
     self.logits.build((None, in_channels))
 
   def project_features(self, features):

@@ -27,3 +27,18 @@ def kernel_regularizer(weight_decay):
   if not weight_decay:
     return None
   return keras.regularizers.L2(weight_decay / 2.0)
+
+
+def dense(units, weight_decay=0.0, activation=None, name=None):
+  """A 1x1 convolution as a `keras.layers.Dense` with the reference's initialisers.
+
+  Args:
+    units: output channels.
+    weight_decay: reference weight-decay coefficient of the kernel (0: none, as for the final
+      logits convs).
+    activation: Keras activation (None: linear).
+    name: layer name.
+  """
+  return keras.layers.Dense(units, activation=activation, kernel_initializer=kernel_initializer(),
+                            bias_initializer=bias_initializer(),
+                            kernel_regularizer=kernel_regularizer(weight_decay), name=name)

@@ -43,19 +43,13 @@ class SegmentationHeads(keras.layers.Layer):
     width = int(input_shape[-1])
     self.hidden = []
     for i in range(self.num_hidden):
-      dense = keras.layers.Dense(
-          self.channels, activation="relu", kernel_initializer=initializers.kernel_initializer(),
-          bias_initializer=initializers.bias_initializer(),
-          kernel_regularizer=initializers.kernel_regularizer(self.weight_decay),
-          name=f"hidden_{i}")
+      dense = initializers.dense(self.channels, self.weight_decay, "relu", f"hidden_{i}")
       dense.build((None, width))
       width = self.channels
       self.hidden.append(dense)
     # The M heads' kernels side by side, `[C, M * K]`: head m owns columns [m K, (m + 1) K).
     # He-normal's fan-in is C either way, so each head is initialised as a conv of its own.
-    self.logits = keras.layers.Dense(
-        self.num_heads * self.num_classes, kernel_initializer=initializers.kernel_initializer(),
-        bias_initializer=initializers.bias_initializer(), name="logits")
+    self.logits = initializers.dense(self.num_heads * self.num_classes, name="logits")
     self.logits.build((None, width))
 
   def call(self, features):

@@ -3,6 +3,8 @@
 import keras
 import tensorflow as tf
 
+from tf_prob_unet import losses
+
 
 def normal_noise(shape, seed=None):
   """Standard normal noise of `shape`.
@@ -15,6 +17,12 @@ def normal_noise(shape, seed=None):
   if seed is None:
     return tf.random.normal(shape)
   return tf.random.stateless_normal(shape, seed=as_seed(seed))
+
+
+def posterior_sample(distribution, seed=None):
+  """A reparameterised draw `mean + stddev * eps` of a diagonal Gaussian, `[B, N]`."""
+  loc = distribution.mean()
+  return loc + distribution.stddev() * normal_noise(tf.shape(loc), seed)
 
 
 def as_seed(seed):
@@ -93,6 +101,31 @@ class SegmentationModel(keras.Model):
     """Sum of the kernel regularisers (the reference's weight decay), a scalar."""
     regs = self.losses
     return tf.add_n(regs) if regs else tf.constant(0.0)
+
+  def reconstruction_terms(self, logits, labels):
+    """`(rec_loss, pixel_ce)`: CE summed over valid pixels and mean CE per valid pixel, each
+    averaged over the images of the batch (logits `[B, H, W, K]`, labels `[B, H, W]`)."""
+    rec_sum, rec_mean = losses.reconstruction_loss(logits, labels, self.ignore_index)
+    return tf.reduce_mean(rec_sum), tf.reduce_mean(rec_mean)
+
+  def elbo_terms(self, logits, labels, kl, beta):
+    """The terms of a conditional VAE's loss, each averaged over the batch.
+
+    Args:
+      logits: `[B, H, W, K]` reconstruction logits.
+      labels: `[B, H, W]` labels.
+      kl: `[B]` KL (or its estimate) per image.
+      beta: weight of the KL term.
+
+    Returns:
+      A dict of scalars: `rec_loss`, `kl`, `weight_decay_loss`, `loss`
+      (`rec + beta * kl + wd`) and `pixel_ce`.
+    """
+    rec, pixel_ce = self.reconstruction_terms(logits, labels)
+    kl = tf.reduce_mean(kl)
+    wd = self.weight_decay_loss()
+    return {"loss": rec + beta * kl + wd, "rec_loss": rec, "kl": kl, "weight_decay_loss": wd,
+            "pixel_ce": pixel_ce}
 
   def _step_seed(self, stream):
     """A `[2]` seed from the base seed, a stream id, the optimizer step and the replica id."""

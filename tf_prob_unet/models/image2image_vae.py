@@ -106,15 +106,10 @@ class Image2ImageVAE(common.SegmentationModel):
       (`rec + beta * kl + wd`) and `pixel_ce`.
     """
     posterior = self.posterior(labels, training=training)
-    loc = posterior.mean()
-    z = loc + posterior.stddev() * common.normal_noise(tf.shape(loc), seed)
+    z = common.posterior_sample(posterior, seed)
     logits = self.decode(images, z, training=training)
-    rec_sum, rec_mean = losses.reconstruction_loss(logits, labels, self.ignore_index)
-    rec = tf.reduce_mean(rec_sum)
-    kl = tf.reduce_mean(losses.kl_divergence(posterior, self.prior(images)))
-    wd = self.weight_decay_loss()
-    return {"loss": rec + self.beta * kl + wd, "rec_loss": rec, "kl": kl,
-            "weight_decay_loss": wd, "pixel_ce": tf.reduce_mean(rec_mean)}
+    return self.elbo_terms(logits, labels, losses.kl_divergence(posterior, self.prior(images)),
+                           self.beta)
 
   def get_config(self):
     config = super().get_config()

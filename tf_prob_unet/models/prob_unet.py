@@ -118,8 +118,7 @@ class ProbUNet(common.SegmentationModel):
     if use_posterior_mean:
       z = posterior.mean()
     else:
-      z = posterior.mean() + posterior.stddev() * common.normal_noise(
-          tf.shape(posterior.mean()), seed)
+      z = common.posterior_sample(posterior, seed)
     return self.fcomb(self.unet(images, training=training), z)
 
   def _prior_samples(self, images, num_samples, seed, labels_only):
@@ -160,16 +159,10 @@ class ProbUNet(common.SegmentationModel):
     features = self.unet(images, training=training)
     prior = self.prior(images, training=training)
     posterior = self.posterior(images, labels, training=training)
-    loc = posterior.mean()
-    z = loc + posterior.stddev() * common.normal_noise(tf.shape(loc), seed)
+    z = common.posterior_sample(posterior, seed)
     logits = self.fcomb(features, z)
-    rec_sum, rec_mean = losses.reconstruction_loss(logits, labels, self.ignore_index)
     kl = losses.kl_divergence(posterior, prior, z if self.kl_estimate == "sampled" else None)
-    rec = tf.reduce_mean(rec_sum)
-    kl = tf.reduce_mean(kl)
-    wd = self.weight_decay_loss()
-    return {"loss": rec + self.beta * kl + wd, "rec_loss": rec, "kl": kl,
-            "weight_decay_loss": wd, "pixel_ce": tf.reduce_mean(rec_mean)}
+    return self.elbo_terms(logits, labels, kl, self.beta)
 
   def get_config(self):
     config = super().get_config()

@@ -3,7 +3,6 @@
 import keras
 import tensorflow as tf
 
-from tf_prob_unet import losses
 from tf_prob_unet.layers import SegmentationHeads, UNet
 from tf_prob_unet.models import common
 
@@ -62,11 +61,6 @@ class UNetWithHeads(common.SegmentationModel):
   def head_logits(self, images, training=False, dropout_seed=None):
     """Logits of every head, `[B, M, H, W, K]`."""
     return self.heads(self.unet(images, training=training, dropout_seed=dropout_seed))
-
-  def reconstruction_terms(self, logits, labels):
-    """`(rec_loss, pixel_ce)`: CE summed over valid pixels and mean CE per pixel, batch means."""
-    rec_sum, rec_mean = losses.reconstruction_loss(logits, labels, self.ignore_index)
-    return tf.reduce_mean(rec_sum), tf.reduce_mean(rec_mean)
 
   def call(self, images, training=False):
     """The deterministic prediction, logits `[B, H, W, K]` (dropout off unless training).
