@@ -1,13 +1,14 @@
 r"""Trains the Probabilistic U-Net and the four baselines (plus the plain U-Net) on one budget and
-writes the evaluate binary's side-by-side report.
+writes the evaluate library's side-by-side report.
 
 Every model is trained by the train binary from the same flagfile (`synthetic.flags` by default:
 the synthetic LIDC-like dataset, channels 8-64, batch 16, Adam, beta 10) with the same number of
 steps and learning-rate schedule; only `--model` differs. The U-Net ensemble and M-Heads get
 K = M = `--max_samples` members / heads (16), so that 16 samples exist; for n < 16 samples the
-evaluation scores the first n members / heads (their documented `sample` order). Then one call of
-the evaluate binary scores all runs with 1, 4, 8 and 16 samples and writes `report.md` and
-`metrics.json` under `OUTPUT_DIR/eval`.
+evaluation scores the first n members / heads (their documented `sample` order). Then the
+evaluate binary scores every run with 1, 4, 8 and 16 samples (runs in parallel with
+`--eval_jobs`), and `OUTPUT_DIR/eval/report.md` / `metrics.json` put them side by side (the
+evaluate library's report, as `--model_dir=a,b,...` would write it).
 
     python bench/compare_models.py --output_dir=runs/compare --train_steps=1800 --jobs=2
 
@@ -78,6 +79,63 @@ def _train_all(args, log):
   return seconds
 
 
+def _pin_checkpoints(args, log):
+  """Points every run's latest checkpoint at step `args.at_step` (all models at one step)."""
+  import tensorflow as tf  # noqa: E402 (only here: the trainings run in subprocesses)
+  for model in args.models:
+    directory = os.path.join(args.output_dir, model, "checkpoints")
+    path = os.path.join(directory, f"ckpt-{args.at_step}")
+    if not os.path.exists(path + ".index"):
+      sys.exit(f"error: --at_step: expected a checkpoint {path}, found none")
+    tf.train.update_checkpoint_state(directory, path)
+  log(f"every run now evaluates its checkpoint of step {args.at_step}")
+
+
+def _evaluate_all(args, counts, log):
+  """The evaluate binary on every run (`args.eval_jobs` at a time), then one side-by-side report.
+
+  Each run is evaluated into `OUTPUT_DIR/eval/<model>/`; `OUTPUT_DIR/eval/report.md` and
+  `metrics.json` combine them with the evaluate library's own report function.
+  """
+  from tf_prob_unet import evaluate_lib, train_lib  # noqa: E402
+  eval_dir = os.path.join(args.output_dir, "eval")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO + os.pathsep +
+             os.environ.get("PYTHONPATH", ""))
+  pending, running = list(args.models), {}
+  while pending or running:
+    while pending and len(running) < args.eval_jobs:
+      model = pending.pop(0)
+      cmd = [sys.executable, "-m", "tf_prob_unet.evaluate",
+             f"--model_dir={os.path.join(args.output_dir, model)}",
+             f"--output_dir={os.path.join(eval_dir, model)}", f"--num_samples={args.num_samples}",
+             f"--data_dir={args.data_dir}", f"--limit={args.eval_limit}"]
+      log("evaluating: " + " ".join(cmd[1:]))
+      os.makedirs(eval_dir, exist_ok=True)
+      out = open(os.path.join(eval_dir, f"evaluate_{model}.log"), "a")
+      running[model] = (subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out,
+                                         stderr=subprocess.STDOUT), out)
+    time.sleep(5)
+    for model, (proc, out) in list(running.items()):
+      if proc.poll() is None:
+        continue
+      out.close()
+      del running[model]
+      if proc.returncode:
+        raise RuntimeError(f"evaluating {model} failed (exit {proc.returncode}); see "
+                           f"{os.path.join(eval_dir, f'evaluate_{model}.log')}")
+  results = {}
+  for model in args.models:
+    with open(os.path.join(eval_dir, model, "metrics.json")) as f:
+      results[model] = json.load(f)
+  train_lib.atomic_write(os.path.join(eval_dir, "metrics.json"),
+                         json.dumps({"models": results}, indent=1))
+  train_lib.atomic_write(os.path.join(eval_dir, "report.md"),
+                         evaluate_lib.report_markdown(results, counts))
+  for model, result in results.items():
+    log(evaluate_lib.summary_table(model, result, counts))
+  return results
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--output_dir", default="runs/compare")
@@ -97,6 +155,11 @@ def main():
                       help="TensorFlow threads per training (0: TensorFlow's default)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--skip_training", action="store_true")
+  parser.add_argument("--at_step", type=int, default=0,
+                      help="evaluate every run at this checkpoint step (0: the latest)")
+  parser.add_argument("--eval_jobs", type=int, default=1, help="evaluations run at the same time")
+  parser.add_argument("--eval_limit", type=int, default=0,
+                      help="test images per evaluation (0: the whole split)")
   args = parser.parse_args()
   args.models = [m for m in args.models.split(",") if m]
   unknown = sorted(set(args.models) - set(MODELS))
@@ -117,16 +180,9 @@ def main():
   input_pipeline.get_builder(dataset, args.data_dir)
   start = time.time()
   seconds = {} if args.skip_training else _train_all(args, log)
-  eval_dir = os.path.join(args.output_dir, "eval")
-  cmd = [sys.executable, "-m", "tf_prob_unet.evaluate",
-         "--model_dir=" + ",".join(os.path.join(args.output_dir, m) for m in args.models),
-         f"--output_dir={eval_dir}", f"--num_samples={args.num_samples}",
-         f"--data_dir={args.data_dir}"]
-  log("evaluating: " + " ".join(cmd[1:]))
-  subprocess.run(cmd, cwd=REPO, check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-  with open(os.path.join(eval_dir, "metrics.json")) as f:
-    metrics = json.load(f)
-  results = metrics.get("models", {args.models[0]: metrics})
+  if args.at_step:
+    _pin_checkpoints(args, log)
+  results = _evaluate_all(args, counts, log)
   n = str(max(counts))
   record = {"bench": "compare_models", "train_seconds": seconds,
             "total_seconds": time.time() - start, "max_samples": args.max_samples,
