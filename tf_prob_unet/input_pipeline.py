@@ -224,22 +224,46 @@ def _check_example(ex, spec, position):
   return out
 
 
+def find_bad_record(builder):
+  """`(file name, record index, reason)` of the first unreadable record of a prepared dataset.
+
+  Reads every TFRecord file of the builder in order (only called after a read failed), or
+  returns None if all of them read cleanly.
+  """
+  for path in sorted(tf.io.gfile.glob(os.path.join(builder.data_dir, "*.tfrecord*"))):
+    index = 0
+    try:
+      for _ in tf.data.TFRecordDataset(path):
+        index += 1
+    except tf.errors.DataLossError as e:
+      reason = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", str(e.message)).strip().splitlines()[0]
+      return os.path.basename(path), index, reason
+  return None
+
+
 @contextlib.contextmanager
-def input_errors(dataset):
-  """Turns a corrupt or truncated record, or a failed label check, into a one-line ValueError."""
+def input_errors(builder):
+  """Turns a corrupt or truncated record, or a failed label check, into a one-line ValueError.
+
+  Args:
+    builder: the TFDS builder being read (named in the message, scanned for the bad record).
+  """
+  name = builder.info.full_name
   try:
     yield
-  except tf.errors.DataLossError as e:
-    detail = str(e.message).strip().splitlines()[0]
-    raise ValueError(f"--dataset: {dataset} has a corrupt or truncated record ({detail}); "
-                     f"rebuild it (delete its folder under --data_dir and run again).") from None
+  except tf.errors.DataLossError:
+    bad = find_bad_record(builder)
+    where = (f"record {bad[1]} of {bad[0]} is corrupt or truncated ({bad[2]})" if bad else
+             "a record is corrupt or truncated")
+    raise ValueError(f"--dataset: {name}: {where}; rebuild the dataset (delete "
+                     f"{builder.data_dir} and run again).") from None
   except tf.errors.InvalidArgumentError as e:
     message = str(e.message)
     if _INPUT_ERROR not in message:
       raise
     parts = re.findall(r"\[([^\[\]]*)\]", message.split(_INPUT_ERROR, 1)[1])
     example_id, field, found, num_classes = (parts + ["?"] * 4)[:4]
-    raise ValueError(f"--dataset: {dataset} example {example_id}: `{field}` has label value "
+    raise ValueError(f"--dataset: {name} example {example_id}: `{field}` has label value "
                      f"{found}; expected values in [0, {num_classes}) or {VOID} (ignore)."
                      ) from None
 
@@ -299,11 +323,12 @@ def train_dataset(builder, spec, batch_size, seed=0, split="train", shuffle_buff
   ds = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config)
   keep = ["id", "image", "masks"] if spec.kind == "graders" else ["id", "image", "label"] + (
       ["cue"] if spec.has_cue else [])
-  ds = ds.map(lambda ex: {k: ex[k] for k in keep if k in ex}, num_parallel_calls=tf.data.AUTOTUNE)
+  # Every example read is checked, before it waits in the shuffle buffer.
+  ds = ds.map(lambda ex: _check_example({k: ex[k] for k in keep if k in ex}, spec, "(no id)"),
+              num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.repeat().shuffle(shuffle_buffer, seed=seed).enumerate()
 
   def draw(index, ex):
-    ex = _check_example(ex, spec, index)
     key = tf.stack([tf.cast(seed, tf.int64), index])
     image = model_inputs(ex, spec)
     if spec.kind == "graders":

@@ -311,7 +311,7 @@ def run(config, log=print):
                                           shuffle_buffer=config.shuffle_buffer)
   val_ds = input_pipeline.eval_dataset(builder, spec, 4, split="validation",
                                        limit=max(config.eval_batches, 1) * 4)
-  with input_pipeline.input_errors(config.dataset):  # bad records fail here, before any write
+  with input_pipeline.input_errors(builder):  # bad records fail here, before any write
     next(iter(train_ds))
     grid_batch = next(iter(val_ds))
 
@@ -324,14 +324,15 @@ def run(config, log=print):
       atomic_write(os.path.join(config.model_dir, FLAGS_FILE), config_to_flags(config))
       atomic_write(os.path.join(config.model_dir, MODEL_CONFIG_FILE),
                    json.dumps(record, indent=2))
-    return _train(config, strategy, spec, kwargs, train_ds, val_ds, grid_batch, write_dir,
-                  chief, log)
+    return _train(config, strategy, builder, spec, kwargs, train_ds, val_ds, grid_batch,
+                  write_dir, chief, log)
   finally:
     if not chief:
       shutil.rmtree(write_dir, ignore_errors=True)
 
 
-def _train(config, strategy, spec, kwargs, train_ds, val_ds, grid_batch, write_dir, chief, log):
+def _train(config, strategy, builder, spec, kwargs, train_ds, val_ds, grid_batch, write_dir,
+           chief, log):
   """The training loop of `run` (arguments as prepared there)."""
   replicas = strategy.num_replicas_in_sync
   with strategy.scope():
@@ -377,7 +378,7 @@ def _train(config, strategy, spec, kwargs, train_ds, val_ds, grid_batch, write_d
       f"classes) for {config.train_steps} steps, batch {config.batch_size} on {replicas} "
       f"replica(s); starting at step {start}; model_dir={config.model_dir}")
   current = start
-  with input_pipeline.input_errors(config.dataset):
+  with input_pipeline.input_errors(builder):
     while current < config.train_steps:
       terms = {k: float(v) for k, v in train_step(iterator).items()}
       current = int(step.numpy())
