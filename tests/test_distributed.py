@@ -177,6 +177,7 @@ def _free_ports(n):
 def test_two_workers_match_a_single_process(tmp_path):
   config = _config(tmp_path, name="cluster", strategy="multi_worker_mirrored", train_steps=3,
                    checkpoint_every=3)
+  input_pipeline.get_builder(TINY, config.data_dir)  # prepared once, not by both workers at once
   cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
   procs = []
   for index in range(2):
@@ -279,10 +280,10 @@ def test_bad_features_and_label_values_are_named(tmp_path, monkeypatch):
   spec = input_pipeline.dataset_spec(builder)
   with pytest.raises(ValueError, match=r"example train_3: `masks` has label value 7; expected "
                                        r"values in \[0, 2\) or 255"):
-    with input_pipeline.input_errors(builder):
+    with input_pipeline.input_errors(builder, ("train",)):
       next(iter(input_pipeline.train_dataset(builder, spec, 4, shuffle_buffer=16)))
   with pytest.raises(ValueError, match="example test_3: `masks` has label value 7"):
-    with input_pipeline.input_errors(builder):
+    with input_pipeline.input_errors(builder, ("test",)):
       list(input_pipeline.eval_dataset(builder, spec, 4))
 
 
@@ -357,9 +358,11 @@ def test_bad_inputs_through_the_binaries_fail_in_one_line_and_write_nothing(tmp_
        r"corrupt or truncated"),
   ]
   for name, command, expected in cases:
+    t0 = time.time()
     proc = subprocess.run(command, cwd=REPO, env=_env(TF_PROB_UNET_DATASETS_DIR=builders)
                           if name in ("rank", "dtype", "labels") else _env(),
                           capture_output=True, text=True, timeout=600)
+    print("TIMING", name, time.time() - t0)
     assert proc.returncode == 2, (name, proc.stderr[-2000:])
     last = proc.stderr.strip().splitlines()[-1]
     assert re.match("error: " + expected, last), (name, last)

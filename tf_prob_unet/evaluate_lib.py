@@ -252,7 +252,7 @@ def run(config, log=print):
     label = _label(model_dir)
     log(f"Evaluating {label} (step {info['step']}) on {info['dataset']}:{config.split} with "
         f"{max(counts)} samples per image")
-    with input_pipeline.input_errors(builder):
+    with input_pipeline.input_errors(builder, (config.split,)):
       data = draw_samples(model, builder, spec, config.split, max(counts), config.batch_size,
                           config.limit, config.seed)
     result = score(data, spec, counts, config.seed)

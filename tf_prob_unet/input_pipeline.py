@@ -224,13 +224,15 @@ def _check_example(ex, spec, position):
   return out
 
 
-def find_bad_record(builder):
+def find_bad_record(builder, splits):
   """`(file name, record index, reason)` of the first unreadable record of a prepared dataset.
 
-  Reads every TFRecord file of the builder in order (only called after a read failed), or
-  returns None if all of them read cleanly.
+  Reads every TFRecord file of the builder's `splits` in order (only called after a read
+  failed), or returns None if all of them read cleanly.
   """
-  for path in sorted(tf.io.gfile.glob(os.path.join(builder.data_dir, "*.tfrecord*"))):
+  paths = [p for split in splits for p in sorted(tf.io.gfile.glob(
+      os.path.join(builder.data_dir, f"*-{split}.tfrecord*")))]
+  for path in paths:
     index = 0
     try:
       for _ in tf.data.TFRecordDataset(path):
@@ -242,17 +244,18 @@ def find_bad_record(builder):
 
 
 @contextlib.contextmanager
-def input_errors(builder):
+def input_errors(builder, splits):
   """Turns a corrupt or truncated record, or a failed label check, into a one-line ValueError.
 
   Args:
-    builder: the TFDS builder being read (named in the message, scanned for the bad record).
+    builder: the TFDS builder being read (named in the message).
+    splits: the splits being read (their files are scanned for the bad record).
   """
   name = builder.info.full_name
   try:
     yield
   except tf.errors.DataLossError:
-    bad = find_bad_record(builder)
+    bad = find_bad_record(builder, splits)
     where = (f"record {bad[1]} of {bad[0]} is corrupt or truncated ({bad[2]})" if bad else
              "a record is corrupt or truncated")
     raise ValueError(f"--dataset: {name}: {where}; rebuild the dataset (delete "

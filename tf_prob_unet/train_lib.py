@@ -302,8 +302,9 @@ def run(config, log=print):
   builder = input_pipeline.get_builder(config.dataset, config.data_dir or None)
   spec = input_pipeline.dataset_spec(builder)
   kwargs = model_kwargs(config, spec)
-  record = {"model": config.model, "kwargs": kwargs, "input_shape": list(spec.image_shape),
-            "dataset": config.dataset, "data_dir": config.data_dir}
+  record = json.loads(json.dumps({  # as saved (tuples become lists), to compare with a saved run
+      "model": config.model, "kwargs": kwargs, "input_shape": list(spec.image_shape),
+      "dataset": config.dataset, "data_dir": config.data_dir}))
   _check_resume(config, record)
 
   keras.utils.set_random_seed(config.seed)
@@ -311,7 +312,8 @@ def run(config, log=print):
                                           shuffle_buffer=config.shuffle_buffer)
   val_ds = input_pipeline.eval_dataset(builder, spec, 4, split="validation",
                                        limit=max(config.eval_batches, 1) * 4)
-  with input_pipeline.input_errors(builder):  # bad records fail here, before any write
+  # Bad records and labels fail here, before anything is written.
+  with input_pipeline.input_errors(builder, ("train", "validation")):
     next(iter(train_ds))
     grid_batch = next(iter(val_ds))
 
@@ -378,7 +380,7 @@ def _train(config, strategy, builder, spec, kwargs, train_ds, val_ds, grid_batch
       f"classes) for {config.train_steps} steps, batch {config.batch_size} on {replicas} "
       f"replica(s); starting at step {start}; model_dir={config.model_dir}")
   current = start
-  with input_pipeline.input_errors(builder):
+  with input_pipeline.input_errors(builder, ("train",)):
     while current < config.train_steps:
       terms = {k: float(v) for k, v in train_step(iterator).items()}
       current = int(step.numpy())

@@ -48,6 +48,11 @@ class SegmentationModel(keras.Model):
     seed: base seed of the training-time noise.
   """
 
+  # True: `loss_terms` accepts `[B, 2]` per-example seeds (all its noise goes through
+  # `normal_noise`), so training draws the same noise on one or N replicas. False: it gets one
+  # `[2]` seed per replica and step (e.g. batch-wide stateless dropout masks).
+  per_example_seeds = False
+
   def __init__(self, num_classes=2, ignore_index=255, seed=0, **kwargs):
     super().__init__(**kwargs)
     if int(num_classes) < 2:
@@ -108,15 +113,16 @@ class SegmentationModel(keras.Model):
   def train_step_terms(self, data):
     """One optimizer step on this replica's batch; returns the step's own terms.
 
-    The loss terms are computed with per-example seeds (`example_seeds`), the trackers are
-    updated, and the returned dict adds `grad_norm`, the global norm of this replica's
+    The loss terms are computed with per-example seeds (`example_seeds`) if the model supports
+    them (`per_example_seeds`), else with one seed per replica and step; the trackers are updated, and the returned dict adds `grad_norm`, the global norm of this replica's
     gradients (the training loop stops on a non-finite value before it checkpoints).
     """
     images, labels = split_batch(data)
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     with tf.GradientTape() as tape:
-      terms = self.loss_terms(images, labels, self.example_seeds(1, tf.shape(images)[0]),
-                              training=True)
+      seed = (self.example_seeds(1, tf.shape(images)[0]) if self.per_example_seeds
+              else self._step_seed(1))
+      terms = self.loss_terms(images, labels, seed, training=True)
       # Gradients are summed over replicas; each replica's loss is a mean over its own images.
       scaled = terms["loss"] / replicas
     grads = tape.gradient(scaled, self.trainable_variables)
