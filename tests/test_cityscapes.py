@@ -4,16 +4,14 @@ import dataclasses
 import importlib
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from tests.helpers import REPO, run_binary
 from tf_prob_unet import input_pipeline, train_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 cs = input_pipeline._local_builder_module("cityscapes_ambiguous")  # pylint: disable=protected-access
 fake = importlib.import_module(
     "tf_prob_unet_datasets.cityscapes_ambiguous.dummy_data.fake_cityscapes")
@@ -56,17 +54,11 @@ def test_flagfiles_point_at_the_builder(tmp_path):
       "1e-4,5e-5,1e-5,5e-7", "80000,160000,240000", "240000")
 
 
-def _binary(module, *args):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=900)
-
-
 @pytest.mark.slow
 def test_smoke_flags_train_and_evaluate_binaries_on_fake_cityscapes(tmp_path):
   _built("rgb", tmp_path)
   run, out = tmp_path / "run", tmp_path / "eval"
-  train = _binary("tf_prob_unet.train", "--flagfile=cityscapes_smoke.flags",
+  train = run_binary("tf_prob_unet.train", "--flagfile=cityscapes_smoke.flags",
                   f"--data_dir={tmp_path / 'data'}", f"--model_dir={run}", "--train_steps=2",
                   "--channels=4,8", "--convs_per_block=1", "--batch_size=2",
                   "--checkpoint_every=2", "--eval_every=2", "--eval_batches=1",
@@ -74,7 +66,7 @@ def test_smoke_flags_train_and_evaluate_binaries_on_fake_cityscapes(tmp_path):
   assert train.returncode == 0, train.stderr[-3000:]
   assert "cityscapes_ambiguous/rgb ((256, 512, 3), 24 classes)" in train.stdout
   assert "step 2/2" in train.stdout and "validation at step 2" in train.stdout
-  evaluate = _binary("tf_prob_unet.evaluate", f"--model_dir={run}", f"--output_dir={out}",
+  evaluate = run_binary("tf_prob_unet.evaluate", f"--model_dir={run}", f"--output_dir={out}",
                      "--num_samples=1,2")
   assert evaluate.returncode == 0, evaluate.stderr[-3000:]
   metrics = json.loads((out / "metrics.json").read_text())
