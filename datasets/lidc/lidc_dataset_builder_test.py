@@ -291,6 +291,7 @@ def test_pickle_errors(tmp_path):
     ("slices", lambda d, rng: write_slices(d, rng, as_zip=True)),
     ("deepmind", write_deepmind),
     ("pickle", write_pickle),
+    ("slices_64", lambda d, rng: write_slices(d, rng, as_zip=False)),
 ])
 def test_builder_builds_each_config_for_the_pipeline(tmp_path, config, writer):
   manual = tmp_path / "manual"
@@ -301,22 +302,26 @@ def test_builder_builds_each_config_for_the_pipeline(tmp_path, config, writer):
   counts = {s: builder.info.splits[s].num_examples for s in COMMON.SPLITS}
   assert counts == {s: sum(1 for v in truth.values() if v[0] == s) for s in COMMON.SPLITS}
   spec = input_pipeline.dataset_spec(builder)
-  assert spec.kind == "graders" and spec.num_classes == 2 and spec.image_shape == (128, 128, 1)
+  size = 64 if config == "slices_64" else 128
+  assert spec.kind == "graders" and spec.num_classes == 2 and spec.image_shape == (size, size, 1)
   batch = next(iter(input_pipeline.eval_dataset(builder, spec, 2, split="test")))
-  assert batch["references"].shape == (2, 4, 128, 128)
+  assert batch["references"].shape == (2, 4, size, size)
   for i, key in enumerate(batch["id"].numpy()):
-    _, _, masks = truth[key.decode()]
-    c = (masks[0].shape[0] - 128) // 2
-    np.testing.assert_array_equal(batch["references"][i].numpy()[0],
-                                  masks[0][c:c + 128, c:c + 128] > 0)
+    _, image, masks = truth[key.decode()]
+    c = (image.shape[0] - size) // 2
+    np.testing.assert_array_equal(np.round(batch["image"][i].numpy()[..., 0] * 255),
+                                  image[c:c + size, c:c + size])
+    for k in range(4):
+      np.testing.assert_array_equal(batch["references"][i].numpy()[k],
+                                    masks[k][c:c + size, c:c + size] > 0)
 
 
 def test_manual_instructions_name_every_layout():
   text = BUILDER_MODULE.Builder.MANUAL_DOWNLOAD_INSTRUCTIONS
   for name in ("LIDC-IDRI-slices.zip", "hpunet-data/lidc_crops", "data_lidc.pickle"):
     assert name in text
-  assert [c.name for c in BUILDER_MODULE.Builder.BUILDER_CONFIGS] == ["slices", "deepmind",
-                                                                     "pickle"]
+  assert [c.name for c in BUILDER_MODULE.Builder.BUILDER_CONFIGS] == [
+      "slices", "deepmind", "pickle", "slices_64"]
 
 
 # ----------------------------------------------------------------------------- integration
