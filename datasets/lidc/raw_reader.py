@@ -16,13 +16,13 @@ The paper's preprocessing, written out (its code was never published; see README
    minus their exclusion polygons (a pixel belongs to a polygon when its centre lies inside,
    even-odd rule); the slice is resampled to `spacing_mm` in-plane (bilinear, in Hounsfield
    units) on a `crop_size` grid centred on the centre of mass of the union of the masks, masks
-   are rasterised directly on that grid, then the central `output_size` window is kept. A
+   are rasterised directly on that grid, then the central 128 x 128 window is kept. A
    radiologist who did not outline the lesion on that slice gives an empty mask; up to 4 masks,
    in the order of the reading sessions in the XML.
 
 `process_series` does all of it for one series and returns the crops plus a `collections.Counter`
 of what was used and what was skipped, so the whole download can be run as one Apache Beam
-element per series (`beam_split_generators`) and the counts summed.
+element per series (`split_generators`) and the counts summed.
 
 Every input problem raises `LidcError` (a `ValueError`) naming the file, what was expected and
 what was found; `process_series` turns problems of one series or one slice into counted skips
@@ -34,6 +34,7 @@ import dataclasses
 import json
 import logging
 import math
+import sys
 import xml.etree.ElementTree as ElementTree
 
 import numpy as np
@@ -65,23 +66,19 @@ class RawOptions:
   Attributes:
     spacing_mm: in-plane pixel size of the crops, mm.
     crop_size: side of the crop cut around the lesion, pixels at `spacing_mm`.
-    output_size: side of the central window that is kept, pixels.
     window_center_hu, window_width_hu: Hounsfield window mapped linearly to 0..255 (clipped).
-    num_readers: masks per example.
   """
   spacing_mm: float = 0.5
   crop_size: int = 180
-  output_size: int = 128
   window_center_hu: float = -600.0
   window_width_hu: float = 1500.0
-  num_readers: int = lidc_common.NUM_READERS
 
   def __post_init__(self):
     if not self.spacing_mm > 0:
       raise ValueError(f"spacing_mm: expected > 0, found {self.spacing_mm}.")
-    if not 0 < self.output_size <= self.crop_size:
-      raise ValueError(f"output_size: expected 1..crop_size ({self.crop_size}), found "
-                       f"{self.output_size}.")
+    if self.crop_size < lidc_common.IMAGE_SIZE:
+      raise ValueError(f"crop_size: expected >= {lidc_common.IMAGE_SIZE} (the stored size), "
+                       f"found {self.crop_size}.")
     if not self.window_width_hu > 0:
       raise ValueError(f"window_width_hu: expected > 0, found {self.window_width_hu}.")
 
@@ -529,8 +526,8 @@ class Crop:
   """One example made from one slice of one lesion.
 
   Attributes:
-    image: uint8 [output_size, output_size].
-    masks: uint8 [num_readers, output_size, output_size], values {0, 1}.
+    image: uint8 [128, 128].
+    masks: uint8 [4, 128, 128], values {0, 1}.
     patient_id, series_uid, sop_uid: where it comes from.
     lesion_index: index of the lesion in the series (`group_lesions` order).
     z: the slice's ImagePositionPatient z, mm.
@@ -558,7 +555,7 @@ class Crop:
 
   @property
   def slice_id(self):
-    return f"z{self.z:+.3f}"
+    return f"z{self.z + 0.0:+.3f}"  # + 0.0: no "-0.000".
 
   @property
   def example_id(self):
@@ -592,7 +589,7 @@ def process_series(series_dir, patient_id, options=RawOptions()):
   `slices`, `slices_unreadable`, `slices_dropped_slice_location`, `point_marks`, `point_rois`,
   `outlines`, `outlines_used`, `outlines_matched_by_z`, `outlines_slice_missing`,
   `outlines_slice_dropped`, `outlines_rasterised_empty`, `readers_beyond_max` (sessions past
-  `num_readers`), `nodules_merged_same_reader`, `lesions`, `crops`, `crops_no_mask`.
+  the fourth), `nodules_merged_same_reader`, `lesions`, `crops`, `crops_no_mask`.
 
   Args:
     series_dir: the folder of one series (str or path, local or any `etils.epath` path).
@@ -676,7 +673,7 @@ def process_series(series_dir, patient_id, options=RawOptions()):
                         round(outline.z / Z_MATCH_TOLERANCE_MM) in dropped_z)
           counts["outlines_slice_dropped" if on_dropped else "outlines_slice_missing"] += 1
           continue
-        if nodule.reader >= options.num_readers:
+        if nodule.reader >= lidc_common.NUM_READERS:
           counts["readers_beyond_max"] += 1
           continue
         by_slice[header.sop_uid][nodule.reader].append(outline)
@@ -720,7 +717,7 @@ def _make_crop(header, outlines_by_reader, patient_id, series_uid, lesion_index,
   masks = []
   areas = {}
   pixel_area = header.pixel_spacing[0] * header.pixel_spacing[1]
-  for reader in range(options.num_readers):
+  for reader in range(lidc_common.NUM_READERS):
     outlines = outlines_by_reader.get(reader, [])
     mask = reader_mask(outlines, transform, shape)
     if outlines:
@@ -729,9 +726,9 @@ def _make_crop(header, outlines_by_reader, patient_id, series_uid, lesion_index,
         counts["outlines_rasterised_empty"] += len(outlines)
       areas[reader] = pixel_area * sum(
           polygon_area(o.points) * (1 if o.inclusion else -1) for o in outlines)
-    masks.append(lidc_common.center_crop(mask, options.output_size, where))
+    masks.append(lidc_common.center_crop(mask, lidc_common.IMAGE_SIZE, where))
   return Crop(
-      image=lidc_common.center_crop(image, options.output_size, where),
+      image=lidc_common.center_crop(image, lidc_common.IMAGE_SIZE, where),
       masks=np.stack(masks).astype(np.uint8), patient_id=patient_id, series_uid=series_uid,
       sop_uid=header.sop_uid, lesion_index=lesion_index, z=header.z,
       readers=tuple(sorted(outlines_by_reader)), center_rc=tuple(center),
@@ -786,54 +783,44 @@ def format_counts(counts):
   return ", ".join(f"{key}={value}" for key, value in sorted(counts.items()))
 
 
-def beam_split_generators(manual_dir, options, counts_path_prefix):
+DESCRIPTION = (
+    "Crops made here from the raw LIDC-IDRI download (DICOM slices + the radiologists' XML), "
+    "following the paper: outlined lesions only, readers grouped by overlapping bounding "
+    "boxes, 0.5 mm in-plane, 180x180 crop centred on the lesion, then the 128x128 centre "
+    "crop; lung window -600 +- 750 HU. An Apache Beam pipeline (one element per series); "
+    "split by patient (SHA-256 of the id, 70/15/15).")
+
+MANUAL_INSTRUCTIONS = (
+    "raw: the TCIA download of LIDC-IDRI (DICOM + XML, NBIA Data Retriever, 'Descriptive "
+    "Directory Name' off), i.e. `<manual_dir>/LIDC-IDRI/LIDC-IDRI-NNNN/<StudyInstanceUID>/"
+    "<SeriesInstanceUID>/` holding each series' *.dcm slices and its one *.xml file.")
+
+COUNTS_PREFIX = "raw_counts-"
+
+
+def split_generators(manual_dir, counts_dir=None, options=None):
   """One Beam `PTransform` per split: one element per series, crops as (key, example).
 
-  Patients go to splits with `lidc_common.patient_split`; splits without series are left out.
-  Each split's counts are summed, logged (`lidc raw <split> counts: ...`) and written as JSON to
-  `<counts_path_prefix><split>.json`; every count is also a Beam counter (namespace `lidc_raw`),
-  so distributed runners show them live.
+  Patients go to splits with `lidc_common.patient_split`; splits without any series are left
+  out (TFDS cannot write an empty split). Each split's counts (see `process_series`) are
+  summed, logged (`lidc raw <split> counts: ...`) and, with `counts_dir`, written as JSON to
+  `<counts_dir>/raw_counts-<split>.json`; each count is also a Beam counter (namespace
+  `lidc_raw`), which distributed runners show while they run.
 
   Args:
     manual_dir: see `find_series`.
-    options: `RawOptions`.
-    counts_path_prefix: str path prefix of the counts files (e.g. inside the dataset folder).
+    counts_dir: folder for the counts files (the builder passes its dataset folder), or None.
+    options: `RawOptions` (None: the defaults).
 
   Returns:
     dict split -> `beam.PTransform` producing (key, example).
   """
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
-
+  options = options or RawOptions()
+  _pickle_by_value()
   by_split = collections.defaultdict(list)
   for patient_id, folder in find_series(manual_dir):
     by_split[lidc_common.patient_split(patient_id)].append((patient_id, folder))
-
-  def process(element):
-    patient_id, folder = element
-    result = process_series(folder, patient_id, options)
-    for line in result.warnings:
-      logging.warning("lidc raw: %s", line)
-    for key, value in result.counts.items():
-      beam.metrics.Metrics.counter("lidc_raw", key).inc(value)
-    yield beam.pvalue.TaggedOutput("counts", dict(result.counts))
-    for crop in result.crops:
-      yield crop_to_example(crop)
-
-  def report(counts, split):
-    line = format_counts(counts)
-    logging.warning("lidc raw %s counts: %s", split, line)
-    from etils import epath  # pylint: disable=g-import-not-at-top
-    path = epath.Path(f"{counts_path_prefix}{split}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(dict(sorted(counts.items())), indent=1))
-    temporary.rename(path)
-
-  def sum_counts(dicts):
-    total = collections.Counter()
-    for counts in dicts:
-      total.update(counts)
-    return dict(total)
 
   def make_transform(split, elements):
 
@@ -842,13 +829,71 @@ def beam_split_generators(manual_dir, options, counts_path_prefix):
       outputs = (pipeline
                  | f"Series_{split}" >> beam.Create(elements)
                  | f"Reshuffle_{split}" >> beam.Reshuffle()
-                 | f"Crops_{split}" >> beam.FlatMap(process).with_outputs("counts", main="crops"))
+                 | f"Crops_{split}" >> beam.FlatMap(_beam_process, options=options).with_outputs(
+                     "counts", main="crops"))
       _ = (outputs.counts
-           | f"SumCounts_{split}" >> beam.CombineGlobally(sum_counts)
-           | f"ReportCounts_{split}" >> beam.Map(report, split=split))
+           | f"SumCounts_{split}" >> beam.CombineGlobally(_sum_counts)
+           | f"ReportCounts_{split}" >> beam.Map(_report_counts, split=split,
+                                                 counts_dir=counts_dir))
       return outputs.crops
 
-    return transform()
+    return transform()  # pylint: disable=no-value-for-parameter
 
-  return {split: make_transform(split, elements)
-          for split, elements in sorted(by_split.items())}
+  return {split: make_transform(split, elements) for split, elements in sorted(by_split.items())}
+
+
+def _beam_process(element, options):
+  """Beam step: one (patient_id, series folder) -> counts (tagged) and (key, example)s."""
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  patient_id, folder = element
+  result = process_series(folder, patient_id, options)
+  for line in result.warnings:
+    logging.warning("lidc raw: %s", line)
+  for key, value in result.counts.items():
+    beam.metrics.Metrics.counter("lidc_raw", key).inc(value)
+  yield beam.pvalue.TaggedOutput("counts", dict(result.counts))
+  for crop in result.crops:
+    yield crop_to_example(crop)
+
+
+def _sum_counts(dicts):
+  total = collections.Counter()
+  for counts in dicts:
+    total.update(counts)
+  return dict(sorted(total.items()))
+
+
+def _report_counts(counts, split, counts_dir):
+  """Logs a split's counts and writes them (atomically) to `counts_dir`."""
+  logging.warning("lidc raw %s counts: %s", split, format_counts(counts))
+  if counts_dir is None:
+    return
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  path = epath.Path(counts_dir) / f"{COUNTS_PREFIX}{split}.json"
+  temporary = path.with_name(path.name + ".tmp")
+  temporary.write_text(json.dumps(counts, indent=1, sort_keys=True) + "\n")
+  temporary.replace(path)
+
+
+def _pickle_by_value():
+  """Ships this module and `lidc_common` to Beam workers inside the pickled steps.
+
+  The builder folder is imported under a name of the caller's choosing (`lidc.` from the
+  `tfds build` command, `tf_prob_unet_datasets.lidc.` from the training code), which a remote
+  worker could not import; pickled by value, the workers need only the installed packages
+  (numpy, scipy, pydicom, etils, tensorflow-datasets).
+  """
+  picklers = []
+  try:  # Beam's default pickler is its own copy of cloudpickle.
+    from apache_beam.internal.cloudpickle import cloudpickle as beam_cloudpickle  # pylint: disable=g-import-not-at-top
+    picklers.append(beam_cloudpickle)
+  except ImportError:
+    pass
+  try:
+    import cloudpickle  # pylint: disable=g-import-not-at-top
+    picklers.append(cloudpickle)
+  except ImportError:
+    pass
+  for pickler in picklers:  # With dill instead, the workers need the folder on their path.
+    for module in (sys.modules[__name__], lidc_common):
+      pickler.register_pickle_by_value(module)

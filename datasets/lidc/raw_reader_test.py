@@ -9,9 +9,13 @@ Two kinds of data:
 """
 
 import collections
+import functools
 import importlib
+import json
 import os
 import pathlib
+import subprocess
+import sys
 import xml.etree.ElementTree as ElementTree
 
 import numpy as np
@@ -400,3 +404,54 @@ def test_sample_crops_are_centred_and_areas_match_the_polygons(sample, patient):
       polygon_mm2 = sum(_shoelace(p) for p in polygons) * spacing[0] * spacing[1]
       mask_mm2 = crop.masks[reader].sum() * 0.5 * 0.5
       assert mask_mm2 == pytest.approx(polygon_mm2, rel=0.10), (crop.slice_id, reader)
+
+
+# -----------------------------------------------------------------------------
+# The Beam pipeline.
+# -----------------------------------------------------------------------------
+
+
+def test_beam_pipeline_makes_the_crops_and_sums_the_counts(tmp_path):
+  beam = pytest.importorskip("apache_beam")
+  from apache_beam.testing import util as beam_util  # pylint: disable=g-import-not-at-top
+  download = tmp_path / "download"
+  make_series(download, patient="LIDC-IDRI-9001", series_uid="1.2.3.4", num_slices=2)
+  make_series(download, patient="LIDC-IDRI-9001", series_uid="1.2.3.5", num_slices=1, xml=False)
+  make_series(download, patient="LIDC-IDRI-9002", series_uid="1.2.3.6", num_slices=3)
+  splits = {rr.lidc_common.patient_split(p) for p in ("LIDC-IDRI-9001", "LIDC-IDRI-9002")}
+  expected = {}
+  for patient, series_uid, n in (("LIDC-IDRI-9001", "1.2.3.4", 2), ("LIDC-IDRI-9002", "1.2.3.6", 3)):
+    split = rr.lidc_common.patient_split(patient)
+    expected.setdefault(split, []).extend(
+        f"{patient}/{series_uid}/lesion-0/z{-10.0 * i:+.3f}" for i in range(n))
+  generators = rr.split_generators(str(download), counts_dir=str(tmp_path))
+  assert set(generators) == splits
+  with beam.Pipeline() as pipeline:
+    for split, transform in generators.items():
+      keys = pipeline | split >> transform | f"Keys_{split}" >> beam.Keys()
+      beam_util.assert_that(keys, beam_util.equal_to(expected[split]), label=f"Check_{split}")
+  counts = collections.Counter()
+  for split in splits:
+    counts.update(json.loads((tmp_path / f"raw_counts-{split}.json").read_text()))
+  assert counts["series"] == 3 and counts["series_skipped_no_xml"] == 1
+  assert counts["crops"] == 5 and counts["outlines_used"] == 10
+
+
+def test_beam_step_runs_where_the_builder_folder_is_not_importable(tmp_path):
+  # Distributed workers know nothing of the builder folder: the pickled step carries the code.
+  pytest.importorskip("apache_beam")
+  from apache_beam.internal import pickler  # pylint: disable=g-import-not-at-top
+  folder, _ = make_series(tmp_path, num_slices=1)
+  rr.split_generators(str(tmp_path))  # Registers the modules for pickling by value.
+  step = pickler.dumps(functools.partial(rr._beam_process, options=rr.RawOptions()))  # pylint: disable=protected-access
+  script = ("import sys; from apache_beam.internal import pickler\n"
+            "assert not any('lidc' in m for m in sys.modules)\n"
+            "step = pickler.loads(sys.stdin.buffer.read())\n"
+            f"out = list(step(('LIDC-IDRI-9001', {str(folder)!r})))\n"
+            "print(out[0].value['crops'], out[1][0], out[1][1]['masks'].shape)\n")
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  done = subprocess.run([sys.executable, "-c", script], input=step, capture_output=True,
+                        env=env, cwd=tmp_path, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr.decode()[-2000:]
+  assert done.stdout.decode().split() == ["1", "LIDC-IDRI-9001/1.2.3.4/lesion-0/z+0.000",
+                                          "(4,", "128,", "128)"]
