@@ -423,7 +423,7 @@ def test_beam_pipeline_makes_the_crops_and_sums_the_counts(tmp_path):
   for patient, series_uid, n in (("LIDC-IDRI-9001", "1.2.3.4", 2), ("LIDC-IDRI-9002", "1.2.3.6", 3)):
     split = rr.lidc_common.patient_split(patient)
     expected.setdefault(split, []).extend(
-        f"{patient}/{series_uid}/lesion-0/z{-10.0 * i:+.3f}" for i in range(n))
+        f"{patient}/{series_uid}/lesion-0/z{-10.0 * i + 0.0:+.3f}" for i in range(n))
   generators = rr.split_generators(str(download), counts_dir=str(tmp_path))
   assert set(generators) == splits
   with beam.Pipeline() as pipeline:
