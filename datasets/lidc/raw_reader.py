@@ -586,10 +586,13 @@ def process_series(series_dir, patient_id, options=RawOptions()):
 
   Counts (keys of `SeriesResult.counts`): `series`, `series_used`, `series_skipped_<reason>`
   (`no_xml`, `several_xml`, `bad_xml`, `no_dicom`, `not_ct`, `series_mismatch`, `no_slices`),
-  `slices`, `slices_unreadable`, `slices_dropped_slice_location`, `point_marks`, `point_rois`,
+  `slices`, `slices_unreadable`, `slices_dropped_slice_location` (|SliceLocation| differs from
+  |z|), `slices_dropped_no_slice_location`, `point_marks`, `point_rois`,
   `outlines`, `outlines_used`, `outlines_matched_by_z`, `outlines_slice_missing`,
   `outlines_slice_dropped`, `outlines_rasterised_empty`, `readers_beyond_max` (sessions past
-  the fourth), `nodules_merged_same_reader`, `lesions`, `crops`, `crops_no_mask`.
+  the fourth), `nodules_merged_same_reader`, `lesions`, `crops`, `crops_no_mask`,
+  `crops_mask_at_border` (a mask reaches the edge of the 128 x 128 window: the lesion is larger
+  than the window and its mask is cut).
 
   Args:
     series_dir: the folder of one series (str or path, local or any `etils.epath` path).
@@ -645,7 +648,8 @@ def process_series(series_dir, patient_id, options=RawOptions()):
       kept[header.sop_uid] = header
     else:
       dropped.add(header.sop_uid)
-      counts["slices_dropped_slice_location"] += 1
+      counts["slices_dropped_slice_location" if header.slice_location is not None else
+             "slices_dropped_no_slice_location"] += 1
   if not kept:
     return skip("no_slices", f"{series_dir}: expected slices whose SliceLocation agrees with "
                 f"ImagePositionPatient, found none of {len(dicoms)}; series skipped.")
@@ -727,6 +731,8 @@ def _make_crop(header, outlines_by_reader, patient_id, series_uid, lesion_index,
       areas[reader] = pixel_area * sum(
           polygon_area(o.points) * (1 if o.inclusion else -1) for o in outlines)
     masks.append(lidc_common.center_crop(mask, lidc_common.IMAGE_SIZE, where))
+  edges = np.stack(masks)[:, [0, -1], :].any() or np.stack(masks)[:, :, [0, -1]].any()
+  counts["crops_mask_at_border"] += int(edges)
   return Crop(
       image=lidc_common.center_crop(image, lidc_common.IMAGE_SIZE, where),
       masks=np.stack(masks).astype(np.uint8), patient_id=patient_id, series_uid=series_uid,

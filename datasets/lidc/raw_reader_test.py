@@ -300,11 +300,22 @@ def test_other_series_problems_are_counted_skips(tmp_path):
   (folder / "001.xml").write_text(xml_text("5.5.5", []))
   assert rr.process_series(folder, "p").counts["series_skipped_series_mismatch"] == 1
   folder, _ = make_series(tmp_path / "noloc", num_slices=1, slice_location=None)
-  assert rr.process_series(folder, "p").counts["series_skipped_no_slices"] == 1
+  counts = rr.process_series(folder, "p").counts
+  assert counts["series_skipped_no_slices"] == 1 and counts["slices_dropped_no_slice_location"] == 1
   (tmp_path / "garbage").mkdir()
   (tmp_path / "garbage" / "x.dcm").write_bytes(b"not a dicom")
   with pytest.raises(rr.LidcError, match="expected a DICOM file"):
     rr.read_slice_header(tmp_path / "garbage" / "x.dcm")
+
+
+def test_lesion_larger_than_the_window_is_counted(tmp_path):
+  # Radius 25 px at 1.5 mm = 37.5 mm: wider than the 64 mm (128 px at 0.5 mm) window.
+  folder, _ = make_series(tmp_path, num_slices=1, spacing=(1.5, 1.5), disc=(32, 32, 25))
+  result = rr.process_series(folder, "p")
+  assert result.counts["crops_mask_at_border"] == 1
+  assert result.crops[0].masks[0][:, 0].any() and result.crops[0].masks[0][0, :].any()
+  folder, _ = make_series(tmp_path / "small", num_slices=1)
+  assert "crops_mask_at_border" not in rr.process_series(folder, "p").counts
 
 
 def test_find_series_layouts_and_error(tmp_path):
