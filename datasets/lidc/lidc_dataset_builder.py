@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 from . import deepmind_reader
 from . import lidc_common
 from . import pickle_reader
+from . import raw_reader
 from . import slices_reader
 
 # Config name -> reader module. A new layout is one reader module and one entry here.
@@ -19,6 +20,7 @@ READERS = {
     "slices": slices_reader,
     "deepmind": deepmind_reader,
     "pickle": pickle_reader,
+    "raw": raw_reader,  # An Apache Beam pipeline (one element per CT series).
 }
 
 
@@ -28,8 +30,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   name = "lidc"  # Explicit, so the module can be loaded under any module name.
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release: configs slices, deepmind, pickle."}
-  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name, description=reader.DESCRIPTION)
-                     for name, reader in READERS.items()]
+  BUILDER_CONFIGS = [
+      raw_reader.RawConfig(name=name, description=reader.DESCRIPTION) if reader is raw_reader
+      else tfds.core.BuilderConfig(name=name, description=reader.DESCRIPTION)
+      for name, reader in READERS.items()]
   DEFAULT_CONFIG_NAME = "slices"
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Put the files of one layout in the manual dir (`--manual_dir`, default "
@@ -56,6 +60,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    if isinstance(self.builder_config, raw_reader.RawConfig):  # Any raw config, named or not.
+      return raw_reader.split_generators(str(dl_manager.manual_dir), counts_dir=self.data_dir,
+                                         options=self.builder_config.options)
     return READERS[self.builder_config.name].split_generators(str(dl_manager.manual_dir))
 
   def _generate_examples(self):
