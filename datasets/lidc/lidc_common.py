@@ -113,7 +113,7 @@ def to_uint8_image(array, name):
 
 
 def center_crop(array, size, name):
-  """The central `size` x `size` window of a [H, W] array (H, W >= size; odd margins round down)."""
+  """The central `size` x `size` window of a [H, W, ...] array (odd margins: one more at the end)."""
   height, width = array.shape[:2]
   if height < size or width < size:
     raise LidcError(f"{name}: expected at least {size}x{size} pixels, found {height}x{width}.")

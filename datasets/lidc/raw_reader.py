@@ -39,7 +39,6 @@ import xml.etree.ElementTree as ElementTree
 
 import numpy as np
 from scipy import ndimage
-import tensorflow_datasets as tfds
 
 from . import lidc_common
 
@@ -803,16 +802,6 @@ MANUAL_INSTRUCTIONS = (
     "<SeriesInstanceUID>/` holding each series' *.dcm slices and its one *.xml file.")
 
 COUNTS_PREFIX = "raw_counts-"
-
-
-@dataclasses.dataclass(eq=False)
-class RawConfig(tfds.core.BuilderConfig):
-  """The builder config of crops made from the raw download; `options` says how.
-
-  Other resolutions need no code: e.g. `tfds.builder("lidc", config=RawConfig(name="raw_1mm",
-  description="...", options=RawOptions(spacing_mm=1.0, crop_size=180)))`.
-  """
-  options: RawOptions = RawOptions()
 
 
 def split_generators(manual_dir, counts_dir=None, options=None):

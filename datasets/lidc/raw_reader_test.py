@@ -437,7 +437,7 @@ def _generated_download(root):
 def _check_build(data_dir, expected):
   """Reads the built lidc/raw back and checks examples, splits and the counts files."""
   builder = input_pipeline.get_builder("lidc/raw", data_dir=str(data_dir), prepare=False)
-  assert isinstance(builder.builder_config, rr.RawConfig)
+  assert isinstance(builder.builder_config, sys.modules[type(builder).__module__].RawConfig)
   assert set(builder.info.splits) == set(expected)
   counts = collections.Counter()
   for split, keys in expected.items():
@@ -452,6 +452,29 @@ def _check_build(data_dir, expected):
   assert counts["crops"] == 5 and counts["outlines_used"] == 10
   spec = input_pipeline.dataset_spec(builder)
   assert spec.kind == "graders" and spec.image_shape == (128, 128, 1)
+
+
+@pytest.mark.slow
+def test_raw_config_at_another_resolution_and_size(tmp_path):
+  beam = pytest.importorskip("apache_beam")
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from apache_beam.runners.portability import fn_api_runner  # pylint: disable=g-import-not-at-top
+  expected = _generated_download(tmp_path / "download")
+  module = sys.modules[type(input_pipeline.get_builder("lidc/raw", prepare=False)).__module__]
+  config = module.RawConfig(name="raw_1mm_64", description="1 mm, 64 x 64", image_size=64,
+                            options=rr.RawOptions(spacing_mm=1.0))
+  builder = module.Builder(config=config, data_dir=str(tmp_path / "data"))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=str(tmp_path / "download"),
+      beam_runner=fn_api_runner.FnApiRunner(),  # DirectRunner's in-process fallback (no Prism).
+      beam_options=beam.options.pipeline_options.PipelineOptions()))
+  split = next(iter(expected))
+  examples = list(builder.as_dataset(split=split).as_numpy_iterator())
+  assert sorted(e["id"].decode() for e in examples) == sorted(expected[split])
+  for example in examples:
+    assert example["image"].shape == (64, 64, 1) and example["masks"].shape == (4, 64, 64)
+    # The disc: radius 8 px at 0.8 mm = 6.4 mm = 6.4 px at 1 mm.
+    assert (example["image"] > 128).sum() == pytest.approx(np.pi * 6.4**2, rel=0.1)
 
 
 @pytest.mark.slow
