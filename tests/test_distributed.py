@@ -358,11 +358,9 @@ def test_bad_inputs_through_the_binaries_fail_in_one_line_and_write_nothing(tmp_
        r"corrupt or truncated"),
   ]
   for name, command, expected in cases:
-    t0 = time.time()
     proc = subprocess.run(command, cwd=REPO, env=_env(TF_PROB_UNET_DATASETS_DIR=builders)
                           if name in ("rank", "dtype", "labels") else _env(),
                           capture_output=True, text=True, timeout=600)
-    print("TIMING", name, time.time() - t0)
     assert proc.returncode == 2, (name, proc.stderr[-2000:])
     last = proc.stderr.strip().splitlines()[-1]
     assert re.match("error: " + expected, last), (name, last)
