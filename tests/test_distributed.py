@@ -223,20 +223,21 @@ def test_sigkill_after_first_checkpoint_then_restart_finishes_like_an_uninterrup
   config = _config(tmp_path, name="killed", train_steps=total, checkpoint_every=every,
                    keep_checkpoints=100)
   command = _flags(config)
-  first_index = tmp_path / "killed" / "checkpoints" / f"ckpt-{every}.index"
+  checkpoints = str(tmp_path / "killed" / "checkpoints")
   log_path = tmp_path / "first.log"
   with open(log_path, "w") as log:
     proc = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=log,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
-    while not first_index.exists() and proc.poll() is None and time.time() < deadline:
+    # Killed as soon as the first checkpoint is complete (its state file names it).
+    while (not tf.train.latest_checkpoint(checkpoints) and proc.poll() is None
+           and time.time() < deadline):
       time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
   assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
   reached = max(_losses(log_path.read_text()))
   assert reached < total
-  checkpoints = str(tmp_path / "killed" / "checkpoints")
   saved = int(tf.train.latest_checkpoint(checkpoints).rsplit("-", 1)[1])
   again = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True,
                          timeout=900)
