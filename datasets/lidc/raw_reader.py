@@ -48,7 +48,7 @@ LidcError = lidc_common.LidcError
 class NotCtError(LidcError):
   """A DICOM file that is not a CT slice (LIDC-IDRI also holds chest X-ray series)."""
 
-XML_NAMESPACE = "http://www.nih.gov"
+
 XML_ROOT = "LidcReadMessage"
 # Slices are kept when ||SliceLocation| - |z|| is at most this (DICOM DS values are decimal
 # strings; LIDC writes 6 decimals).
@@ -777,8 +777,9 @@ def find_series(manual_dir):
   root = epath.Path(manual_dir)
   if (root / "LIDC-IDRI").is_dir():
     root = root / "LIDC-IDRI"
-  patients = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("LIDC-IDRI-")) \
-      if root.is_dir() else []
+  patients = []
+  if root.is_dir():
+    patients = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("LIDC-IDRI-"))
   if not patients:
     raise LidcError(f"{manual_dir}: expected the raw download's LIDC-IDRI/<patient>/<study>/"
                     f"<series>/ folders, found {lidc_common.list_manual_dir(manual_dir)}.")
