@@ -6,6 +6,8 @@ import os
 import platform
 import time
 
+from tf_prob_unet import allocator  # no TensorFlow import
+
 
 def timeit(fn, repeats=5, warmup=2, best=False):
   """Wall time in seconds of `fn()` over `repeats` runs after `warmup` runs.
@@ -28,7 +30,7 @@ def machine():
   """Facts to store beside every figure."""
   return {"cores": os.cpu_count(), "machine": platform.machine(),
           "date": datetime.date.today().isoformat(),
-          "allocator": os.environ.get("LD_PRELOAD", "") or "glibc malloc"}
+          "allocator": allocator.current()}
 
 
 def emit(record):
