@@ -6,7 +6,7 @@ import os
 import platform
 import time
 
-from tf_prob_unet import allocator  # no TensorFlow import
+from tf_prob_unet import runtime  # no TensorFlow import
 
 
 def timeit(fn, repeats=5, warmup=2, best=False):
@@ -30,7 +30,8 @@ def machine():
   """Facts to store beside every figure."""
   return {"cores": os.cpu_count(), "machine": platform.machine(),
           "date": datetime.date.today().isoformat(),
-          "allocator": allocator.current()}
+          "allocator": runtime.current(),
+          "onednn": os.environ.get(runtime.ONEDNN_ENV, "TensorFlow's default")}
 
 
 def emit(record):

@@ -4,7 +4,7 @@ Each script prints one JSON line; results.json maps the script's name to it, and
 every figure with its configuration, target, the machine's core count, the allocator and the date.
 Scripts run one after the other (each wants the whole machine), each under the allocator chosen by
 `--allocator` (default: `TF_PROB_UNET_ALLOCATOR`, else `auto`, as the binaries do; see
-`tf_prob_unet/allocator.py`). `--compare_allocators` also reruns the scripts named there under
+`tf_prob_unet/runtime.py`). `--compare_allocators` also reruns the scripts named there under
 every installed allocator and stores their target ratios under `allocator_comparison`.
 
 Usage: python bench/run_all.py [--only sampling,ged] [--allocator auto|tcmalloc|jemalloc|system]
@@ -21,7 +21,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from tf_prob_unet import allocator  # noqa: E402  (no TensorFlow import)
+from tf_prob_unet import runtime  # noqa: E402  (no TensorFlow import)
 
 SKIP = {"run_all.py", "common.py", "__init__.py"}
 
@@ -38,11 +38,11 @@ def scripts(only=None):
 
 def run_script(name, allocator_choice):
   """The JSON record of one script run under `allocator_choice`."""
-  used, path = allocator.resolve(allocator_choice)
+  used, path = runtime.resolve(allocator_choice)
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_PROB_UNET_ALLOCATOR=used)
   env.pop("LD_PRELOAD", None)
   if path:
-    env = allocator.preload_environment(env, path)
+    env = runtime.preload_environment(env, path)
   print(f"running bench/{name}.py (allocator {used}) ...", flush=True)
   proc = subprocess.run([sys.executable, os.path.join(HERE, name + ".py")], capture_output=True,
                         text=True, env=env, cwd=os.path.dirname(HERE))
@@ -104,7 +104,7 @@ def markdown(results):
     lines.append("")
   comparison = results.get("allocator_comparison")
   if comparison:
-    lines += ["## Allocators", "", "The same scripts rerun under each installed allocator.", "",
+    lines += ["## Allocators", "", "The same scripts rerun under each installed runtime.", "",
               "| script | figure | " + " | ".join(comparison["allocators"]) + " |",
               "|---|---|" + "---|" * len(comparison["allocators"])]
     for script, figures in sorted(comparison["figures"].items()):
@@ -125,8 +125,8 @@ def _atomic_write(path, text):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--only", default="", help="comma-separated script names")
-  parser.add_argument("--allocator", default=os.environ.get(allocator.ENV, "auto"),
-                      choices=allocator.CHOICES)
+  parser.add_argument("--allocator", default=os.environ.get(runtime.ENV, "auto"),
+                      choices=runtime.CHOICES)
   parser.add_argument("--compare_allocators", default="",
                       help="comma-separated scripts to rerun under every installed allocator")
   args = parser.parse_args()
@@ -141,7 +141,7 @@ def main():
   compare = [n for n in args.compare_allocators.split(",") if n]
   if compare:
     installed = [a for a in ("system", "tcmalloc", "jemalloc") if a == "system"
-                 or allocator.find_library(a)]
+                 or runtime.find_library(a)]
     figures = {}
     for name in scripts(compare):
       for choice in installed:

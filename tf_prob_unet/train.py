@@ -10,10 +10,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tf_prob_unet import allocator  # noqa: E402  (no TensorFlow import)
+from tf_prob_unet import runtime  # noqa: E402  (imports no TensorFlow)
 
 if __name__ == "__main__":
-  allocator.maybe_reexec()  # preload tcmalloc/jemalloc before TensorFlow loads
+  runtime.prepare_process()  # oneDNN on, tcmalloc/jemalloc preloaded, before TensorFlow loads
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
