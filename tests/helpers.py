@@ -1,7 +1,13 @@
-"""Test helpers: layer config round trips and weight-preserving rebuilds."""
+"""Test helpers: layer config round trips, weight-preserving rebuilds, running the binaries."""
+
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def assert_config_round_trip(layer):
@@ -18,3 +24,10 @@ def assert_config_round_trip(layer):
 def assert_allclose(a, b, **kw):
   kw.setdefault("rtol", 1e-6)
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), **kw)
+
+
+def run_binary(module, *args, timeout=600):
+  """Runs `python -m module args...` from the repository root; returns the CompletedProcess."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
