@@ -18,3 +18,35 @@ def assert_config_round_trip(layer):
 def assert_allclose(a, b, **kw):
   kw.setdefault("rtol", 1e-6)
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), **kw)
+
+
+
+def write_model_dir(path, model_name="prob_unet", input_shape=(32, 32, 1), step=3, **kwargs):
+  """A training-run directory as `train_lib.run` leaves it, without a dataset or training.
+
+  Builds `model_name` with `kwargs` (initial weights) and writes `model_config.json` and a
+  checkpoint in `train_lib`'s format (variables keyed by path, plus the step), so that
+  `train_lib.load_model(path)` restores it.
+
+  Returns:
+    `(model_dir, model)`.
+  """
+  import json
+  import os
+
+  import tensorflow as tf
+
+  from tf_prob_unet import models, train_lib
+
+  model = models.get_model_class(model_name)(**kwargs)
+  model.build((None,) + tuple(input_shape))
+  os.makedirs(path, exist_ok=True)
+  config = {"model": model_name, "kwargs": kwargs, "input_shape": list(input_shape),
+            "dataset": "none", "data_dir": ""}
+  train_lib.atomic_write(os.path.join(path, train_lib.MODEL_CONFIG_FILE), json.dumps(config))
+  checkpoint = tf.train.Checkpoint(weights=train_lib.model_weights(model),
+                                   step=tf.Variable(step, dtype=tf.int64))
+  manager = tf.train.CheckpointManager(
+      checkpoint, os.path.join(path, train_lib.CHECKPOINT_DIR), max_to_keep=1)
+  manager.save(checkpoint_number=step)
+  return str(path), model
