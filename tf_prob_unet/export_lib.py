@@ -77,7 +77,10 @@ def preprocess(images, channels):
         message=f"images: expected {expected}, found another channel count (below: found, "
                 f"expected)")
   with tf.control_dependencies([channels_ok]):
-    images = tf.ensure_shape(tf.identity(images), [None, None, None, channels])
+    # A reshape to the checked run-time shape gives the static rank and channels to what follows
+    # (`tf.ensure_shape` can fail before the assertions run, with a less clear message).
+    dims = tf.shape(images)
+    images = tf.reshape(images, tf.stack([dims[0], dims[1], dims[2], channels]))
   return tf.cast(images, tf.float32) / 255.0
 
 
@@ -91,7 +94,8 @@ def _check_noise(noise, images, latent_dim):
         message=f"noise: expected [batch of images, num_samples, {latent_dim}], found "
                 f"(below) another [batch, latent size]")
   with tf.control_dependencies([dims_ok]):
-    return tf.ensure_shape(tf.identity(noise), [None, None, latent_dim])
+    dims = tf.shape(noise)
+    return tf.reshape(noise, tf.stack([dims[0], dims[1], latent_dim]))
 
 
 def _check_num_samples(num_samples):
