@@ -70,7 +70,8 @@ def preprocess(images, channels):
   if images.dtype != tf.uint8:
     raise ValueError(f"images: expected uint8 pixel values, found {images.dtype.name}.")
   expected = f"uint8 images [batch, height, width, {channels}]"
-  rank_ok = tf.debugging.assert_rank(images, 4, message=f"images: expected {expected}")
+  rank_ok = tf.debugging.assert_rank(images, 4,
+                                     message=f"images: expected {expected}, found another rank")
   with tf.control_dependencies([rank_ok]):
     channels_ok = tf.debugging.assert_equal(
         tf.shape(images)[-1], channels,
@@ -271,22 +272,40 @@ def export_saved_model(model_dir, export_base, model_name="prob_unet", version=N
   _check_target(target, "--version", overwrite)
   model, info = train_lib.load_model(model_dir)
   check_exportable(model, info["model"])
-  channels = int(info["input_shape"][-1])
+  return write_saved_model(model, info, target)
 
+
+def write_saved_model(model, info, target):
+  """Writes the signatures of `model` as a SavedModel to `target` (replaced if it exists).
+
+  Written to a temporary directory beside `target` and renamed at the end (TF Serving ignores
+  directories whose names are not numbers).
+
+  Args:
+    model: a built `ProbUNet`.
+    info: the run's `model_config.json` record (`model`, `kwargs`, `input_shape`; `step`,
+      `checkpoint` and `dataset` are copied when present) as `train_lib.load_model` returns it.
+    target: the version directory.
+
+  Returns:
+    `target`.
+  """
+  check_exportable(model, info.get("model", type(model).__name__))
   archive = keras.export.ExportArchive()
   archive.track(model)
-  for name, (fn, signature) in serving_functions(model, channels).items():
+  for name, (fn, signature) in serving_functions(model, int(info["input_shape"][-1])).items():
     archive.add_endpoint(name, fn, input_signature=signature)
-  os.makedirs(model_base, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=model_base, prefix=f".tmp-{version}-")
+  parent = os.path.dirname(os.path.abspath(target))
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.path.basename(target)}-")
   try:
     archive.write_out(tmp, verbose=False)
     record = {
         "model": info["model"], "kwargs": info["kwargs"], "input_shape": info["input_shape"],
-        "dataset": info.get("dataset"), "step": info["step"], "checkpoint": info["checkpoint"],
-        "num_classes": model.num_classes, "latent_dim": model.latent_dim,
-        "feature_channels": model.fcomb.channels, "signatures": list(SIGNATURES),
-        "preprocessing": "uint8 images / 255 (inside the graph)"}
+        "dataset": info.get("dataset"), "step": info.get("step"),
+        "checkpoint": info.get("checkpoint"), "num_classes": model.num_classes,
+        "latent_dim": model.latent_dim, "feature_channels": model.fcomb.channels,
+        "signatures": list(SIGNATURES), "preprocessing": "uint8 images / 255 (inside the graph)"}
     train_lib.atomic_write(os.path.join(tmp, INFO_FILE), json.dumps(record, indent=2))
     _replace_dir(tmp, target)
   finally:
@@ -305,6 +324,13 @@ def read_info(saved_model_dir, flag="--saved_model"):
                      f"none in {saved_model_dir!r}.")
   with open(path) as f:
     return json.load(f)
+
+
+def predict_request(signature_name, **inputs):
+  """A TF Serving REST `:predict` body in the columnar format (`inputs`), e.g.
+  `predict_request("sample", images=uint8_array, num_samples=16)`."""
+  return {"signature_name": signature_name,
+          "inputs": {k: np.asarray(v).tolist() for k, v in inputs.items()}}
 
 
 def serve_predict(loaded, request):
