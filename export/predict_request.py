@@ -19,6 +19,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tf_prob_unet import cli  # noqa: E402
 from tf_prob_unet import export_lib  # noqa: E402
 from tf_prob_unet import sample_lib  # noqa: E402
 
@@ -30,21 +31,14 @@ flags.DEFINE_integer("channels", 1, "The model's input channels.")
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  try:
-    if not FLAGS.image:
-      raise ValueError("--image: expected at least one image file, found none.")
-    images = np.stack([sample_lib.load_image(p, FLAGS.channels) for p in FLAGS.image])
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  inputs = {"images": images}
+def _request():
+  if not FLAGS.image:
+    raise ValueError("--image: expected at least one image file, found none.")
+  inputs = {"images": np.stack([sample_lib.load_image(p, FLAGS.channels) for p in FLAGS.image])}
   if FLAGS.signature != "predict_mean":
     inputs["num_samples"] = FLAGS.num_samples
   json.dump(export_lib.predict_request(FLAGS.signature, **inputs), sys.stdout)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.main_with_errors(_request))

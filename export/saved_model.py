@@ -14,8 +14,8 @@ sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 
+from tf_prob_unet import cli  # noqa: E402
 from tf_prob_unet import export_lib  # noqa: E402
 
 flags.DEFINE_string("model_dir", "", "Training run directory (its latest checkpoint is exported).")
@@ -26,21 +26,14 @@ flags.DEFINE_bool("overwrite", False, "Replace an existing non-empty version dir
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
-  try:
-    if not FLAGS.model_dir:
-      raise ValueError("--model_dir: expected a training run directory, found an empty string.")
-    path = export_lib.export_saved_model(FLAGS.model_dir, FLAGS.export_dir, FLAGS.model_name,
-                                         FLAGS.version, FLAGS.overwrite)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+def _export():
+  if not FLAGS.model_dir:
+    raise ValueError("--model_dir: expected a training run directory, found an empty string.")
+  path = export_lib.export_saved_model(FLAGS.model_dir, FLAGS.export_dir, FLAGS.model_name,
+                                       FLAGS.version, FLAGS.overwrite)
   print(f"Exported {FLAGS.model_dir} to {path} (signatures: "
         f"{', '.join(export_lib.SIGNATURES)}, serving_default = sample).")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.main_with_errors(_export))

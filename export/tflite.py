@@ -16,8 +16,8 @@ sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 
+from tf_prob_unet import cli  # noqa: E402
 from tf_prob_unet import export_lib  # noqa: E402
 
 flags.DEFINE_string("saved_model", "", "Export version directory BASE/NAME/N.")
@@ -31,32 +31,25 @@ flags.DEFINE_bool("overwrite", False, "Replace a non-empty --output_dir.")
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
-  try:
-    if not FLAGS.saved_model or not FLAGS.output_dir:
-      raise ValueError("--saved_model / --output_dir: expected both, found "
-                       f"{FLAGS.saved_model!r} / {FLAGS.output_dir!r}.")
-    size = None
-    if FLAGS.image_size:
-      try:
-        size = tuple(int(v) for v in FLAGS.image_size)
-      except ValueError:
-        size = ()
-      if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"--image_size: expected two positive integers H,W, found "
-                         f"{','.join(FLAGS.image_size)!r}.")
-    record = export_lib.convert_tflite(
-        FLAGS.saved_model, FLAGS.output_dir, FLAGS.batch_size, FLAGS.num_samples, size,
-        tuple(FLAGS.quantize), FLAGS.overwrite)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+def _convert():
+  if not FLAGS.saved_model or not FLAGS.output_dir:
+    raise ValueError("--saved_model / --output_dir: expected both, found "
+                     f"{FLAGS.saved_model!r} / {FLAGS.output_dir!r}.")
+  size = None
+  if FLAGS.image_size:
+    try:
+      size = tuple(int(v) for v in FLAGS.image_size)
+    except ValueError:
+      size = ()
+    if len(size) != 2 or min(size) < 1:
+      raise ValueError(f"--image_size: expected two positive integers H,W, found "
+                       f"{','.join(FLAGS.image_size)!r}.")
+  record = export_lib.convert_tflite(
+      FLAGS.saved_model, FLAGS.output_dir, FLAGS.batch_size, FLAGS.num_samples, size,
+      tuple(FLAGS.quantize), FLAGS.overwrite)
   files = sorted(f for variants in record["files"].values() for f in variants.values())
   print(f"Wrote {len(files)} TFLite models to {FLAGS.output_dir}: {', '.join(files)}.")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.main_with_errors(_convert))

@@ -6,14 +6,13 @@ export's version directory), `--image` (PNG, or .npy of raw CT values; comma-sep
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 
+from tf_prob_unet import cli  # noqa: E402
 from tf_prob_unet import sample_lib  # noqa: E402
 
 _D = sample_lib.SampleConfig()
@@ -28,25 +27,17 @@ flags.DEFINE_list("ct_window", [str(v) for v in _D.ct_window],
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
+def _sample():
   try:
-    try:
-      window = tuple(float(v) for v in FLAGS.ct_window)
-    except ValueError:
-      raise ValueError(f"--ct_window: expected two numbers LOW,HIGH, found "
-                       f"{','.join(FLAGS.ct_window)!r}.") from None
-    config = sample_lib.SampleConfig(
-        model_dir=FLAGS.model_dir, saved_model=FLAGS.saved_model, image=tuple(FLAGS.image),
-        num_samples=FLAGS.num_samples, output_dir=FLAGS.output_dir, seed=FLAGS.seed,
-        ct_window=window)
-    sample_lib.run(config)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    window = tuple(float(v) for v in FLAGS.ct_window)
+  except ValueError:
+    raise ValueError(f"--ct_window: expected two numbers LOW,HIGH, found "
+                     f"{','.join(FLAGS.ct_window)!r}.") from None
+  sample_lib.run(sample_lib.SampleConfig(
+      model_dir=FLAGS.model_dir, saved_model=FLAGS.saved_model, image=tuple(FLAGS.image),
+      num_samples=FLAGS.num_samples, output_dir=FLAGS.output_dir, seed=FLAGS.seed,
+      ct_window=window))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.main_with_errors(_sample))
