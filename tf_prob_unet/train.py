@@ -18,7 +18,7 @@ from tf_prob_unet import train_lib  # noqa: E402
 
 _D = train_lib.TrainConfig()
 _HELP = {
-    "model": "Model name: prob_unet (the baselines add theirs).",
+    "model": "Model name: prob_unet | unet.",
     "dataset": "TFDS dataset NAME/CONFIG, e.g. synthetic_ambiguous/lidc_like.",
     "data_dir": "TFDS data directory (empty: TFDS's default ~/tensorflow_datasets).",
     "model_dir": "Run directory: checkpoints, summaries, flags.cfg. An existing run resumes.",
@@ -29,8 +29,8 @@ _HELP = {
     "channels": "Channels per U-Net level, e.g. 32,64,128,192.",
     "convs_per_block": "3x3 convolutions per block.",
     "latent_dim": "Latent size N.",
-    "fcomb_channels": "f_comb hidden channels (0: channels[0]).",
-    "num_fcomb_hidden": "Hidden 1x1 convolutions of f_comb.",
+    "fcomb_channels": "f_comb hidden channels (0: channels[0]); also the baselines' heads'.",
+    "num_fcomb_hidden": "Hidden 1x1 convolutions of f_comb; also of the baselines' heads.",
     "upsample_mode": "align_corners (reference) | half_pixel.",
     "log_sigma_bound": "Soft bound on |log sigma| of prior and posterior (0: none).",
     "beta": "Weight of the KL term.",

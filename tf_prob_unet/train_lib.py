@@ -141,7 +141,10 @@ def model_kwargs(config, spec):
                 num_fcomb_hidden=config.num_fcomb_hidden, beta=config.beta,
                 kl_estimate=config.kl_estimate, weight_decay=config.weight_decay,
                 log_sigma_bound=config.log_sigma_bound, upsample_mode=config.upsample_mode,
-                seed=config.seed)
+                seed=config.seed,
+                # The baselines' classifier heads mirror f_comb (without the latent).
+                head_channels=config.fcomb_channels or None,
+                num_head_hidden=config.num_fcomb_hidden)
   return models.filter_kwargs(config.model, kwargs)
 
 

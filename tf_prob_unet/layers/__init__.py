@@ -5,5 +5,7 @@ from tf_prob_unet.layers.encoder import Encoder
 from tf_prob_unet.layers.unet import UNet
 from tf_prob_unet.layers.gaussian_head import AxisAlignedConvGaussian
 from tf_prob_unet.layers.fcomb import FComb
+from tf_prob_unet.layers.segmentation_heads import SegmentationHeads
 
-__all__ = ["ConvBlock", "Encoder", "UNet", "AxisAlignedConvGaussian", "FComb"]
+__all__ = ["ConvBlock", "Encoder", "UNet", "AxisAlignedConvGaussian", "FComb",
+           "SegmentationHeads"]

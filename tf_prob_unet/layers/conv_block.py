@@ -1,6 +1,7 @@
 """A block of 3x3 convolutions with ReLU, optionally preceded by 2x2 average pooling."""
 
 import keras
+import tensorflow as tf
 
 from tf_prob_unet.layers import initializers
 
@@ -18,7 +19,8 @@ class ConvBlock(keras.layers.Layer):
     pool: if True, a 2x2 average pool with stride 2 (SAME padding) comes first.
     dropout_rate: dropout on the block's incoming activations (0 disables). Used by the Dropout
       U-Net baseline; it is active whenever `training=True` is passed, so Monte-Carlo sampling
-      passes `training=True`.
+      passes `training=True`. With a `dropout_seed` (call argument, a `[2]` int tensor) the mask
+      is a function of the seed (stateless RNG), otherwise Keras' seed generator draws it.
     weight_decay: reference weight-decay coefficient (`weight_decay * sum(w^2) / 2`).
 
   Input shape: `[B, H, W, C]`. Output shape: `[B, H', W', filters]` with `H' = ceil(H / 2)` when
@@ -56,12 +58,15 @@ class ConvBlock(keras.layers.Layer):
       shape = conv.compute_output_shape(shape)
       self.convs.append(conv)
 
-  def call(self, inputs, training=False):
+  def call(self, inputs, training=False, dropout_seed=None):
     x = inputs
     if self.pool_layer is not None:
       x = self.pool_layer(x)
     if self.dropout_layer is not None:
-      x = self.dropout_layer(x, training=training)
+      if training and dropout_seed is not None:
+        x = tf.nn.experimental.stateless_dropout(x, self.dropout_rate, seed=dropout_seed)
+      else:
+        x = self.dropout_layer(x, training=training)
     for conv in self.convs:
       x = conv(x)
     return x

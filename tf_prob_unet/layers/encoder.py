@@ -1,8 +1,16 @@
 """The U-Net encoder: one ConvBlock per level, average pooling between levels."""
 
 import keras
+import tensorflow as tf
 
 from tf_prob_unet.layers.conv_block import ConvBlock
+
+
+def fold_seed(seed, index):
+  """A `[2]` seed derived from `seed` and `index` (None stays None): one stream per block."""
+  if seed is None:
+    return None
+  return tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), index)
 
 
 @keras.saving.register_keras_serializable(package="tf_prob_unet")
@@ -45,11 +53,12 @@ class Encoder(keras.layers.Layer):
       shape = block.compute_output_shape(shape)
       self.blocks.append(block)
 
-  def call(self, inputs, training=False):
+  def call(self, inputs, training=False, dropout_seed=None):
+    """Features of every level; `dropout_seed` (`[2]` int) makes the dropout masks repeatable."""
     features = []
     x = inputs
-    for block in self.blocks:
-      x = block(x, training=training)
+    for level, block in enumerate(self.blocks):
+      x = block(x, training=training, dropout_seed=fold_seed(dropout_seed, level))
       features.append(x)
     return features
 

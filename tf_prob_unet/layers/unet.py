@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 
 from tf_prob_unet.layers.conv_block import ConvBlock
-from tf_prob_unet.layers.encoder import Encoder
+from tf_prob_unet.layers.encoder import Encoder, fold_seed
 
 UPSAMPLE_MODES = ("align_corners", "half_pixel")
 
@@ -73,14 +73,20 @@ class UNet(keras.layers.Layer):
       x_shape = block.compute_output_shape(skip[:3] + (x_shape[-1] + skip[-1],))
       self.decoder_blocks.append(block)
 
-  def call(self, inputs, training=False):
-    features = self.encoder(inputs, training=training)
+  def call(self, inputs, training=False, dropout_seed=None):
+    """Features `[B, H, W, channels[0]]`.
+
+    `dropout_seed` (`[2]` int tensor, optional) fixes the dropout masks (stateless RNG) when
+    dropout is active (`training=True` and `dropout_rate > 0`).
+    """
+    features = self.encoder(inputs, training=training, dropout_seed=dropout_seed)
     x = features[-1]
     n = len(self.channels)
     for block, level in zip(self.decoder_blocks, range(n - 2, -1, -1)):
       skip = features[level]
       up = resize_bilinear(x, tf.shape(skip)[1:3], self.upsample_mode)
-      x = block(tf.concat([up, skip], axis=-1), training=training)
+      x = block(tf.concat([up, skip], axis=-1), training=training,
+                dropout_seed=fold_seed(dropout_seed, n + level))
     return x
 
   def compute_output_shape(self, input_shape):

@@ -4,9 +4,11 @@ import inspect
 
 from tf_prob_unet.models.common import SegmentationModel
 from tf_prob_unet.models.prob_unet import ProbUNet
+from tf_prob_unet.models.unet import DeterministicUNet
 
 MODELS = {
     "prob_unet": ProbUNet,
+    "unet": DeterministicUNet,
 }
 
 
@@ -17,7 +19,7 @@ def get_model_class(name):
   return MODELS[name]
 
 
-__all__ = ["MODELS", "ProbUNet", "SegmentationModel", "get_model_class"]
+__all__ = ["MODELS", "DeterministicUNet", "ProbUNet", "SegmentationModel", "get_model_class"]
 
 
 def filter_kwargs(name, kwargs):
