@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import uint8_images
+from tests.conftest import TINY_CHANNELS, uint8_images
+from tests.helpers import write_model_dir
 from tf_prob_unet import sample_lib
 
 
@@ -87,3 +88,17 @@ def test_sample_run_writes_masks_grid_uncertainty_and_export_agrees(tiny_export,
     for a, b in zip(k["masks"], s["masks"]):
       assert np.mean(np.asarray(Image.open(a)) == np.asarray(Image.open(b))) > 0.999
     assert np.mean(np.abs(np.load(s["uncertainty_npy"]) - entropy) > 1e-5) < 0.002
+
+
+def test_sample_run_works_for_a_deterministic_baseline(tmp_path):
+  model_dir, model = write_model_dir(tmp_path / "unet", "unet", num_classes=2,
+                                     channels=TINY_CHANNELS, convs_per_block=1)
+  raw, x = uint8_images(batch=1)
+  Image.fromarray(raw[0, ..., 0]).save(tmp_path / "a.png")
+  out = sample_lib.run(sample_lib.SampleConfig(
+      model_dir=model_dir, image=(str(tmp_path / "a.png"),), num_samples=3,
+      output_dir=str(tmp_path / "out")), log=lambda *_: None)
+  expected = (np.argmax(model(x).numpy()[0], -1) * 255).astype(np.uint8)
+  for path in out[0]["masks"]:
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), expected)
+  np.testing.assert_array_equal(np.load(out[0]["uncertainty_npy"]), 0.0)  # all samples agree
