@@ -1,7 +1,17 @@
-"""Test helpers: layer config round trips and weight-preserving rebuilds."""
+"""Test helpers: layer config round trips, weight-preserving rebuilds, running the binaries."""
+
+import json
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
+import tensorflow as tf
+
+from tf_prob_unet import models, train_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def assert_config_round_trip(layer):
@@ -20,6 +30,11 @@ def assert_allclose(a, b, **kw):
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), **kw)
 
 
+def run_binary(module, *args, timeout=600):
+  """Runs `python -m module args...` from the repository root; returns the CompletedProcess."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
 
 def write_model_dir(path, model_name="prob_unet", input_shape=(32, 32, 1), step=3, **kwargs):
   """A training-run directory as `train_lib.run` leaves it, without a dataset or training.
@@ -31,13 +46,6 @@ def write_model_dir(path, model_name="prob_unet", input_shape=(32, 32, 1), step=
   Returns:
     `(model_dir, model)`.
   """
-  import json
-  import os
-
-  import tensorflow as tf
-
-  from tf_prob_unet import models, train_lib
-
   model = models.get_model_class(model_name)(**kwargs)
   model.build((None,) + tuple(input_shape))
   os.makedirs(path, exist_ok=True)
