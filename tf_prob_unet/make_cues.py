@@ -6,7 +6,6 @@ where the `cue` config of `cityscapes_ambiguous` reads them.
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -17,8 +16,8 @@ if __name__ == "__main__":
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 
+from tf_prob_unet import cli  # noqa: E402
 from tf_prob_unet import make_cues_lib  # noqa: E402
 
 _D = make_cues_lib.MakeCuesConfig()
@@ -30,18 +29,11 @@ flags.DEFINE_integer("batch_size", _D.batch_size, "Images per batch.")
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
-  try:
-    make_cues_lib.run(make_cues_lib.MakeCuesConfig(
-        model_dir=FLAGS.model_dir, output_dir=FLAGS.output_dir, data_dir=FLAGS.data_dir,
-        splits=tuple(FLAGS.splits), batch_size=FLAGS.batch_size))
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+def _make_cues():
+  make_cues_lib.run(make_cues_lib.MakeCuesConfig(
+      model_dir=FLAGS.model_dir, output_dir=FLAGS.output_dir, data_dir=FLAGS.data_dir,
+      splits=tuple(FLAGS.splits), batch_size=FLAGS.batch_size))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.main_with_errors(_make_cues))
