@@ -111,8 +111,11 @@ def test_injected_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path
   with pytest.raises(FloatingPointError) as e:
     train_lib.run(config, log=lambda *_: None)
   message = str(e.value)
-  assert message.startswith("Training stopped at step 5: non-finite loss term 'loss' = nan")
-  assert "'rec_loss' = nan" in message and "ckpt-4 is intact" in message
+  # NaN images reach the loss terms or only the gradients (CPU ReLU kernels may turn NaN into
+  # 0); either way the step and the non-finite quantities are named.
+  assert re.match(r"Training stopped at step 5: non-finite (loss term '\w+'|gradient norm) = "
+                  r"nan", message), message
+  assert "ckpt-4 is intact" in message and "\n" not in message
   checkpoints = os.path.join(config.model_dir, train_lib.CHECKPOINT_DIR)
   assert tf.train.latest_checkpoint(checkpoints).endswith("ckpt-4")
   assert not [f for f in os.listdir(checkpoints) if f.startswith("ckpt-5")]

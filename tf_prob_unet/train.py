@@ -51,7 +51,8 @@ _HELP = {
     "eval_batches": "Validation batches (of 4) per evaluation.",
     "shuffle_buffer": "Examples in the shuffle buffer.",
     "debug_nan_step": "Testing only: make the images of this 1-based step NaN, to exercise the "
-                      "non-finite guard (0: off).",
+                      "non-finite guard, which names the loss terms or the gradient norm that "
+                      "became non-finite (0: off).",
 }
 
 
