@@ -65,3 +65,16 @@ def test_kernel_gradient_in_a_compiled_function_with_unknown_batch():
 
 def test_config_round_trip():
   helpers.assert_config_round_trip(shifted_conv2d.ShiftedConv2D(7, 3, padding="same", name="c"))
+
+
+@pytest.mark.parametrize("chunk_images", [1, 2, 5])
+def test_kernel_gradient_is_the_same_built_in_chunks(monkeypatch, chunk_images):
+  """Batch 5 in chunks of 1, 2 (a remainder of 1) or all at once: the same kernel gradient."""
+  rng = np.random.default_rng(3)
+  x = tf.constant(rng.normal(size=(5, 9, 11, 8)), tf.float32)
+  dy = tf.constant(rng.normal(size=(5, 9, 11, 4)), tf.float32)
+  reference = tf.raw_ops.Conv2DBackpropFilter(
+      input=x, filter_sizes=[3, 3, 8, 4], out_backprop=dy, strides=[1, 1, 1, 1], padding="SAME")
+  monkeypatch.setattr(shifted_conv2d, "CHUNK_ELEMENTS", chunk_images * 11 * 13 * 9 * 4)
+  ours = shifted_conv2d.kernel_gradient_by_taps(x, dy, (3, 3))
+  np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-4, atol=1e-4)

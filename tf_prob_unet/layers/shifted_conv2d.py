@@ -5,6 +5,8 @@ import tensorflow as tf
 
 # Below this many input channels the matmul is too thin to beat TensorFlow's kernel.
 MIN_INPUT_CHANNELS = 8
+# Floats of shifted output gradients built at once (64 MB): bounds the extra memory.
+CHUNK_ELEMENTS = 16 * 1024 * 1024
 
 
 def kernel_gradient_by_taps(inputs, grad_outputs, kernel_size):
@@ -28,14 +30,26 @@ def kernel_gradient_by_taps(inputs, grad_outputs, kernel_size):
   kh, kw = kernel_size
   ph, pw = kh // 2, kw // 2
   shape = tf.shape(inputs)
-  height, width, c_in = shape[1] + 2 * ph, shape[2] + 2 * pw, shape[3]
+  batch, height, width, c_in = shape[0], shape[1] + 2 * ph, shape[2] + 2 * pw, shape[3]
   c_out = tf.shape(grad_outputs)[-1]
   padded = tf.pad(inputs, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
   wide = tf.pad(grad_outputs, [[0, 0], [2 * ph, 2 * ph], [2 * pw, 2 * pw], [0, 0]])
-  shifted = tf.concat([wide[:, 2 * ph - i:2 * ph - i + height, 2 * pw - j:2 * pw - j + width, :]
-                       for i in range(kh) for j in range(kw)], axis=-1)
-  grad = tf.matmul(tf.reshape(padded, [-1, c_in]), tf.reshape(shifted, [-1, kh * kw * c_out]),
-                   transpose_a=True)  # [C_in, kh * kw * C_out]
+  # The shifted copies take kh * kw times the output gradient's memory: build them for a few
+  # images at a time (at most CHUNK_ELEMENTS floats) and accumulate.
+  chunk = tf.maximum(1, CHUNK_ELEMENTS // (height * width * kh * kw * c_out))
+
+  def body(start, total):
+    x = padded[start:start + chunk]
+    g = wide[start:start + chunk]
+    shifted = tf.concat([g[:, 2 * ph - i:2 * ph - i + height, 2 * pw - j:2 * pw - j + width, :]
+                         for i in range(kh) for j in range(kw)], axis=-1)
+    total += tf.matmul(tf.reshape(x, [-1, c_in]), tf.reshape(shifted, [-1, kh * kw * c_out]),
+                       transpose_a=True)  # [C_in, kh * kw * C_out]
+    return start + chunk, total
+
+  total = tf.zeros(tf.stack([c_in, kh * kw * c_out]), inputs.dtype)
+  _, grad = tf.while_loop(lambda start, _: start < batch, body, (tf.constant(0), total),
+                          parallel_iterations=1)
   return tf.transpose(tf.reshape(grad, tf.stack([c_in, kh, kw, c_out])), [1, 2, 0, 3])
 
 
