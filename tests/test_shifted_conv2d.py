@@ -12,7 +12,7 @@ from tf_prob_unet.layers import shifted_conv2d
 def _gradients(layer, x, upstream):
   with tf.GradientTape() as tape:
     tape.watch(x)
-    y = layer(x)
+    y = layer(x, training=True)
     loss = tf.reduce_sum(y * upstream)
   dx, dk, db = tape.gradient(loss, [x, layer.kernel, layer.bias])
   return y, dx, dk, db
@@ -53,7 +53,7 @@ def test_kernel_gradient_in_a_compiled_function_with_unknown_batch():
   @tf.function(input_signature=[tf.TensorSpec([None, 16, 16, 8])])
   def kernel_grad(x):
     with tf.GradientTape() as tape:
-      loss = tf.reduce_sum(layer(x) ** 2)
+      loss = tf.reduce_sum(layer(x, training=True) ** 2)
     return tape.gradient(loss, layer.kernel)
 
   x = tf.random.stateless_normal([2, 16, 16, 8], [1, 2])
@@ -78,3 +78,16 @@ def test_kernel_gradient_is_the_same_built_in_chunks(monkeypatch, chunk_images):
   monkeypatch.setattr(shifted_conv2d, "CHUNK_ELEMENTS", chunk_images * 11 * 13 * 9 * 4)
   ours = shifted_conv2d.kernel_gradient_by_taps(x, dy, (3, 3))
   np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_inference_graph_holds_a_plain_convolution():
+  layer = shifted_conv2d.ShiftedConv2D(4, 3, padding="same")
+  layer.build((None, 8, 8, 8))
+
+  def op_types(training):
+    fn = tf.function(lambda x: layer(x, training=training))
+    graph = fn.get_concrete_function(tf.TensorSpec([2, 8, 8, 8])).graph
+    return {op.type for op in graph.get_operations()}
+
+  assert "IdentityN" in op_types(True)  # the custom gradient's marker
+  assert "IdentityN" not in op_types(False) and "Conv2D" in op_types(False)

@@ -69,7 +69,7 @@ class ConvBlock(keras.layers.Layer):
       else:
         x = self.dropout_layer(x, training=training)
     for conv in self.convs:
-      x = conv(x)
+      x = conv(x, training=training)
     return x
 
   def compute_output_shape(self, input_shape):

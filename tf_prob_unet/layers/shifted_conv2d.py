@@ -72,7 +72,8 @@ class ShiftedConv2D(keras.layers.Conv2D):
   """`keras.layers.Conv2D` with a faster kernel gradient for stride-1 SAME odd-sized kernels.
 
   The forward pass, the variables, the config and the input gradient are those of
-  `keras.layers.Conv2D`; only the kernel gradient is computed by `kernel_gradient_by_taps`. Other
+  `keras.layers.Conv2D`; only the kernel gradient is computed by `kernel_gradient_by_taps`, and only
+  in training calls (`training=True`), so inference and exported graphs hold a plain Conv2D. Other
   settings (strides, dilation, VALID padding, even kernels, channels_first, fewer than
   `MIN_INPUT_CHANNELS` input channels) use Keras' own convolution.
   """
@@ -83,7 +84,10 @@ class ShiftedConv2D(keras.layers.Conv2D):
             and all(k % 2 == 1 for k in self.kernel_size) and self.groups == 1
             and inputs.shape[-1] is not None and inputs.shape[-1] >= MIN_INPUT_CHANNELS)
 
-  def convolution_op(self, inputs, kernel):
-    if not self._uses_taps(inputs):
-      return super().convolution_op(inputs, kernel)
-    return conv2d_same(inputs, tf.convert_to_tensor(kernel))
+  def call(self, inputs, training=False):
+    if not (training and self._uses_taps(inputs)):
+      return super().call(inputs)  # inference graphs (export, sampling) hold a plain Conv2D
+    outputs = conv2d_same(inputs, tf.convert_to_tensor(self.kernel))
+    if self.use_bias:
+      outputs = tf.nn.bias_add(outputs, self.bias)
+    return outputs if self.activation is None else self.activation(outputs)
