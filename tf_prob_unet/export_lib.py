@@ -515,7 +515,8 @@ class TFLiteRunner:
 
   def op_names(self):
     """The model's operator names (built-in ops only: none starts with `Flex`)."""
-    return sorted({op["op_name"] for op in self.interpreter._get_ops_details()})  # pylint: disable=protected-access
+    details = self.interpreter._get_ops_details()  # pylint: disable=protected-access
+    return sorted({op["op_name"] for op in details})
 
   def __call__(self, **inputs):
     return self.runner(**inputs)
