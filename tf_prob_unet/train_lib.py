@@ -91,11 +91,12 @@ def config_to_flags(config):
 
 
 def atomic_write(path, text):
-  """Writes `text` to `path` through a temporary file and a rename (never half-written)."""
+  """Writes `text` (str or bytes) to `path` through a temporary file and a rename (never
+  half-written)."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-  with os.fdopen(fd, "w") as f:
+  with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
     f.write(text)
   os.replace(tmp, path)
 
