@@ -263,7 +263,12 @@ def run(config, log=print):
     refs = data["modes"] if "modes" in data else data["references"]
     titles = None
     if "mode_probs" in data:
-      titles = [[f"p={p:.2f}" for p in row] for row in data["mode_probs"]]
+      probs = data["mode_probs"]
+      if refs.shape[1] > plots.MAX_REFERENCES:  # e.g. Cityscapes' 32 modes: the most probable
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :plots.MAX_REFERENCES]
+        refs = np.take_along_axis(refs, order[:, :, None, None], axis=1)
+        probs = np.take_along_axis(probs, order, axis=1)
+      titles = [[f"p={p:.2f}" for p in row] for row in probs]
     plots.sample_grid(os.path.join(out, f"samples{suffix}.png"), data["image"], refs,
                       data["samples"], spec.num_classes, titles)
   plots.ged_distribution(os.path.join(out, "ged_distribution.png"),

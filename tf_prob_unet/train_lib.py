@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_prob_unet import runtime
 from tf_prob_unet import input_pipeline
 from tf_prob_unet import models
 
@@ -90,11 +91,12 @@ def config_to_flags(config):
 
 
 def atomic_write(path, text):
-  """Writes `text` to `path` through a temporary file and a rename (never half-written)."""
+  """Writes `text` (str or bytes) to `path` through a temporary file and a rename (never
+  half-written)."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-  with os.fdopen(fd, "w") as f:
+  with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
     f.write(text)
   os.replace(tmp, path)
 
@@ -264,7 +266,8 @@ def run(config, log=print):
   last_t, last_step = t0, start
   log(f"Training {config.model} on {config.dataset} ({spec.image_shape}, {spec.num_classes} "
       f"classes) for {config.train_steps} steps, batch {config.batch_size} on {replicas} "
-      f"replica(s); starting at step {start}; model_dir={config.model_dir}")
+      f"replica(s); starting at step {start}; allocator {runtime.current()}; "
+      f"model_dir={config.model_dir}")
   while int(step.numpy()) < config.train_steps:
     train_step(iterator)
     current = int(step.numpy())

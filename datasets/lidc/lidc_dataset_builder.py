@@ -14,6 +14,7 @@ import tensorflow_datasets as tfds
 from . import deepmind_reader
 from . import lidc_common
 from . import pickle_reader
+from . import raw_reader
 from . import slices_reader
 
 # Config name -> reader module. A new layout is one reader module and one entry here.
@@ -21,6 +22,7 @@ READERS = {
     "slices": slices_reader,
     "deepmind": deepmind_reader,
     "pickle": pickle_reader,
+    "raw": raw_reader,  # An Apache Beam pipeline (one element per CT series).
 }
 
 
@@ -38,13 +40,25 @@ class LidcConfig(tfds.core.BuilderConfig):
   image_size: int = lidc_common.IMAGE_SIZE
 
 
+@dataclasses.dataclass
+class RawConfig(LidcConfig):
+  """A config of crops made from the raw download (`raw_reader`); `options` says how.
+
+  Other resolutions need no code, e.g. `RawConfig(name="raw_1mm", description="...",
+  options=raw_reader.RawOptions(spacing_mm=1.0))` passed as `tfds.builder("lidc", config=...)`.
+  """
+  reader: str = "raw"
+  options: raw_reader.RawOptions = raw_reader.RawOptions()
+
+
 def _configs():
   configs = [LidcConfig(name=name, description=reader.DESCRIPTION, reader=name)
-             for name, reader in READERS.items()]
+             for name, reader in READERS.items() if reader is not raw_reader]
   configs.append(LidcConfig(
       name=f"slices_{CPU_CROP_SIZE}", reader="slices", image_size=CPU_CROP_SIZE,
       description=(f"The `slices` examples centre-cropped to {CPU_CROP_SIZE}x{CPU_CROP_SIZE} "
                    f"(same ids and splits): the data of the CPU training recipe.")))
+  configs.append(RawConfig(name="raw", description=raw_reader.DESCRIPTION))
   return configs
 
 
@@ -64,12 +78,21 @@ def _cropped(examples, size):
     yield key, crop_example(example, size)
 
 
+def _beam_cropped(transform, split, size):
+  """`_cropped` for a Beam `PTransform` of (key, example)."""
+  if size == lidc_common.IMAGE_SIZE:
+    return transform
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  return transform | f"CentreCrop_{split}" >> beam.MapTuple(
+      lambda key, example: (key, crop_example(example, size)))
+
+
 class Builder(tfds.core.GeneratorBasedBuilder):
   """DatasetBuilder for lidc (manual download)."""
 
   name = "lidc"  # Explicit, so the module can be loaded under any module name.
   VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release: configs slices, deepmind, pickle, slices_64."}
+  RELEASE_NOTES = {"1.0.0": "Initial release: configs slices, deepmind, pickle, slices_64, raw."}
   BUILDER_CONFIGS = _configs()
   DEFAULT_CONFIG_NAME = "slices"
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
@@ -98,6 +121,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     config = self.builder_config
+    if isinstance(config, RawConfig):  # Beam PTransforms, one element per CT series.
+      generators = raw_reader.split_generators(str(dl_manager.manual_dir),
+                                               counts_dir=self.data_dir, options=config.options)
+      return {split: _beam_cropped(transform, split, config.image_size)
+              for split, transform in generators.items()}
     generators = READERS[config.reader].split_generators(str(dl_manager.manual_dir))
     return {split: _cropped(examples, config.image_size) for split, examples in generators.items()}
 

@@ -321,7 +321,7 @@ def test_manual_instructions_name_every_layout():
   for name in ("LIDC-IDRI-slices.zip", "hpunet-data/lidc_crops", "data_lidc.pickle"):
     assert name in text
   assert [c.name for c in BUILDER_MODULE.Builder.BUILDER_CONFIGS] == [
-      "slices", "deepmind", "pickle", "slices_64"]
+      "slices", "deepmind", "pickle", "slices_64", "raw"]
 
 
 # ----------------------------------------------------------------------------- integration

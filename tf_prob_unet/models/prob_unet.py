@@ -123,10 +123,26 @@ class ProbUNet(common.SegmentationModel):
     return self.fcomb(self.unet(images, training=training), z)
 
   def _prior_samples(self, images, num_samples, seed, labels_only):
+    noise = common.normal_noise(
+        tf.stack([tf.shape(images)[0], num_samples, self.latent_dim]), seed)
+    return self.sample_from_noise(images, noise, labels_only=labels_only)
+
+  def sample_from_noise(self, images, noise, labels_only=False):
+    """Prior samples for given standard-normal noise: `z = mu + sigma * noise`.
+
+    The deterministic core of `sample` (which draws the noise), for reproducible serving.
+
+    Args:
+      images: `[B, H, W, C]` float images.
+      noise: `[B, M, N]` standard-normal draws.
+      labels_only: return arg-max labels instead of logits.
+
+    Returns:
+      Logits `[B, M, H, W, K]`, or `[B, M, H, W]` int32 labels with `labels_only`.
+    """
     features = self.unet(images, training=False)
     mu, log_sigma = self.prior_net.params(images, training=False)
-    eps = common.normal_noise(tf.stack([tf.shape(mu)[0], num_samples, self.latent_dim]), seed)
-    z = mu[:, tf.newaxis] + tf.exp(log_sigma)[:, tf.newaxis] * eps
+    z = mu[:, tf.newaxis] + tf.exp(log_sigma)[:, tf.newaxis] * tf.cast(noise, mu.dtype)
     return self.fcomb.combine(self.fcomb.project_features(features), z, labels_only=labels_only)
 
   def sample_logits(self, images, num_samples=1, seed=None):
