@@ -48,7 +48,7 @@ LidcError = lidc_common.LidcError
 class NotCtError(LidcError):
   """A DICOM file that is not a CT slice (LIDC-IDRI also holds chest X-ray series)."""
 
-XML_NAMESPACE = "http://www.nih.gov"
+
 XML_ROOT = "LidcReadMessage"
 # Slices are kept when ||SliceLocation| - |z|| is at most this (DICOM DS values are decimal
 # strings; LIDC writes 6 decimals).
@@ -656,7 +656,13 @@ def process_series(series_dir, patient_id, options=RawOptions()):
   by_z = {round(h.z / Z_MATCH_TOLERANCE_MM): h for h in kept.values()}
   dropped_z = {round(h.z / Z_MATCH_TOLERANCE_MM) for h in headers if h.sop_uid in dropped}
 
+  if dropped:
+    first = min((h for h in headers if h.sop_uid in dropped), key=lambda h: h.path)
+    warnings.append(f"{series_dir}: {len(dropped)} slice(s) dropped, SliceLocation absent or "
+                    f"|SliceLocation| != |ImagePositionPatient z| (e.g. {first.path}: "
+                    f"{first.slice_location} vs {first.z}).")
   nodules = list(reads.nodules)
+  missing_zs, dropped_zs = set(), set()
   crops = []
   lesions = group_lesions(nodules)
   for lesion_index, members in enumerate(lesions):
@@ -676,6 +682,7 @@ def process_series(series_dir, patient_id, options=RawOptions()):
           on_dropped = (outline.sop_uid in dropped or
                         round(outline.z / Z_MATCH_TOLERANCE_MM) in dropped_z)
           counts["outlines_slice_dropped" if on_dropped else "outlines_slice_missing"] += 1
+          (dropped_zs if on_dropped else missing_zs).add(outline.z)
           continue
         if nodule.reader >= lidc_common.NUM_READERS:
           counts["readers_beyond_max"] += 1
@@ -691,6 +698,13 @@ def process_series(series_dir, patient_id, options=RawOptions()):
                         options, counts, warnings)
       if crop is not None:
         crops.append(crop)
+  for zs, what, count in ((missing_zs, "missing from the folder or unreadable",
+                           "outlines_slice_missing"),
+                          (dropped_zs, "dropped", "outlines_slice_dropped")):
+    if zs:
+      shown = ", ".join(f"{z:g}" for z in sorted(zs)[:5]) + (", ..." if len(zs) > 5 else "")
+      warnings.append(f"{series_dir}: {counts[count]} outline(s) skipped, their {len(zs)} "
+                      f"slice(s) are {what} (z = {shown}).")
   counts["series_used"] += 1
   counts["crops"] += len(crops)
   return SeriesResult(crops, counts + collections.Counter(), warnings)
@@ -763,8 +777,9 @@ def find_series(manual_dir):
   root = epath.Path(manual_dir)
   if (root / "LIDC-IDRI").is_dir():
     root = root / "LIDC-IDRI"
-  patients = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("LIDC-IDRI-")) \
-      if root.is_dir() else []
+  patients = []
+  if root.is_dir():
+    patients = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("LIDC-IDRI-"))
   if not patients:
     raise LidcError(f"{manual_dir}: expected the raw download's LIDC-IDRI/<patient>/<study>/"
                     f"<series>/ folders, found {lidc_common.list_manual_dir(manual_dir)}.")

@@ -222,6 +222,9 @@ def test_slice_location_disagreement_drops_the_slice(tmp_path):
   result = rr.process_series(folder, "LIDC-IDRI-9001")
   assert result.counts["slices_dropped_slice_location"] == 1
   assert result.counts["outlines_slice_dropped"] == 2  # Both readers' outlines on that slice.
+  assert any("1 slice(s) dropped" in line and "-5.0 vs -10.0" in line for line in result.warnings)
+  assert any("2 outline(s) skipped, their 1 slice(s) are dropped (z = -10)" in line
+             for line in result.warnings)
   assert [c.sop_uid for c in result.crops] == [slices[0][0]]
 
 
@@ -232,6 +235,8 @@ def test_outline_on_a_missing_slice_is_counted_and_z_matches_a_renamed_one(tmp_p
   folder, _ = make_series(tmp_path, num_slices=2, sessions=sessions)
   result = rr.process_series(folder, "LIDC-IDRI-9001")
   assert result.counts["outlines_slice_missing"] == 1
+  assert result.warnings == [f"{folder}: 1 outline(s) skipped, their 1 slice(s) are missing from "
+                             "the folder or unreadable (z = -55)."]
   assert result.counts["outlines_matched_by_z"] == 1
   assert result.counts["crops"] == 2 and result.counts["outlines_used"] == 2
 
