@@ -265,7 +265,8 @@ def test_rest_predict_request_and_saved_model_cli(tiny_export, tmp_path):
   assert show.returncode == 0, show.stderr[-2000:]
   for name in export_lib.SIGNATURES + ("serving_default",):
     assert f"signature_def['{name}']:" in show.stdout
-  assert "inputs['images'] tensor_info:\n        dtype: DT_UINT8" in show.stdout
+  assert "inputs['images'] tensor_info:\n        dtype: DT_UINT8\n        shape: unknown_rank" \
+      in show.stdout
   assert "inputs['num_samples'] tensor_info:\n        dtype: DT_INT32\n        shape: ()" \
       in show.stdout
   assert "outputs['probabilities'] tensor_info:\n        dtype: DT_FLOAT\n        shape: " \

@@ -338,9 +338,11 @@ def serve_predict(loaded, request):
 
   Follows the REST API's JSON conventions: `signature_name` (default `serving_default`) and
   either the columnar `inputs` (a dict of named inputs, or one value for a single input) or the
-  row format `instances` (a list of per-example dicts, batched along axis 0, scalar inputs
-  shared). Returns the columnar response `{"outputs": {...}}` (lists). For tests and for
-  checking a request without a server.
+  row format `instances` (a list of per-example dicts, batched along axis 0). Scalar inputs
+  (`num_samples`) are taken from the first row here; TF Serving itself wants every input batched
+  in the row format, so send `sample` and `uncertainty` requests in the columnar format. Returns
+  the columnar response `{"outputs": {...}}` (lists). For tests and for checking a request
+  without a server.
 
   Args:
     loaded: `tf.saved_model.load(...)` of an export.
@@ -398,17 +400,18 @@ def tflite_functions(loaded, info, batch_size=1, num_samples=16, image_size=None
   combiner = loaded.signatures["combiner"]
   images_spec = tf.TensorSpec([b, height, width, channels], tf.uint8, name="images")
 
-  @tf.function(input_signature=[images_spec])
+  @tf.function(input_signature=[images_spec], autograph=False)
   def encode(images):
     return encoder(images=images)
 
-  @tf.function(input_signature=[tf.TensorSpec([b, height, width, f], tf.float32, name="features"),
-                                tf.TensorSpec([b, n], tf.float32, name="z")])
+  @tf.function(autograph=False, input_signature=[
+      tf.TensorSpec([b, height, width, f], tf.float32, name="features"),
+      tf.TensorSpec([b, n], tf.float32, name="z")])
   def combine(features, z):
     return combiner(features=features, z=z)
 
-  @tf.function(input_signature=[images_spec,
-                                tf.TensorSpec([b, m, n], tf.float32, name="noise")])
+  @tf.function(autograph=False, input_signature=[
+      images_spec, tf.TensorSpec([b, m, n], tf.float32, name="noise")])
   def sample_with_noise(images, noise):
     enc = encoder(images=images)
     z = enc["prior_mean"][:, tf.newaxis] + enc["prior_scale"][:, tf.newaxis] * noise
@@ -512,7 +515,8 @@ class TFLiteRunner:
 
   def op_names(self):
     """The model's operator names (built-in ops only: none starts with `Flex`)."""
-    return sorted({op["op_name"] for op in self.interpreter._get_ops_details()})  # pylint: disable=protected-access
+    details = self.interpreter._get_ops_details()  # pylint: disable=protected-access
+    return sorted({op["op_name"] for op in details})
 
   def __call__(self, **inputs):
     return self.runner(**inputs)

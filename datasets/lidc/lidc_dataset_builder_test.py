@@ -19,9 +19,12 @@ import tensorflow_datasets as tfds
 
 from tf_prob_unet import input_pipeline
 
-SHARED_ZIP = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "shared", "data",
-                          "lidc_idri_slices", "LIDC-IDRI-slices.zip")
-SHARED_ZIP = os.environ.get("LIDC_SLICES_ZIP", os.path.normpath(SHARED_ZIP))
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The shared data sits next to the repository (`../shared`), or next to a worktree's parent.
+_CANDIDATES = [os.path.join(base, "shared", "data", "lidc_idri_slices", "LIDC-IDRI-slices.zip")
+               for base in (os.path.dirname(_REPO), os.path.dirname(os.path.dirname(_REPO)))]
+SHARED_ZIP = os.environ.get("LIDC_SLICES_ZIP", next(
+    (p for p in _CANDIDATES if os.path.isfile(p)), _CANDIDATES[0]))
 
 
 def _modules(tmp_path_factory=None):
