@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP_FLAGS ?= -q
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test test-fast bench compare clean
+.PHONY: install demo test test-fast bench allocators compare clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,18 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
-bench: install
+# Every bench/ script, one after the other -> bench/results.json and bench/RESULTS.md. Run it on an
+# otherwise idle machine.
+bench: install allocators
 	$(PY) bench/run_all.py
+
+# Optional tuned allocators (Debian packages) that the binaries preload when present
+# (tf_prob_unet/allocator.py); skipped with a note where apt-get is not usable.
+allocators:
+	@if ls /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib/*/libjemalloc.so.2 >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y -q libtcmalloc-minimal4 libjemalloc2 >/dev/null || echo "note: allocators not installed"; \
+	else echo "note: no apt-get as root here; the binaries use glibc malloc"; fi
 
 # The Probabilistic U-Net against the baselines on the synthetic LIDC-like data, one budget
 # (README, "Baselines"); COMPARE_FLAGS passes options to bench/compare_models.py.

@@ -6,6 +6,8 @@ import os
 import platform
 import time
 
+from tf_prob_unet import runtime  # no TensorFlow import
+
 
 def timeit(fn, repeats=5, warmup=2, best=False):
   """Wall time in seconds of `fn()` over `repeats` runs after `warmup` runs.
@@ -28,8 +30,38 @@ def machine():
   """Facts to store beside every figure."""
   return {"cores": os.cpu_count(), "machine": platform.machine(),
           "date": datetime.date.today().isoformat(),
-          "allocator": os.environ.get("LD_PRELOAD", "") or "glibc malloc"}
+          "allocator": runtime.current(),
+          "onednn": os.environ.get(runtime.ONEDNN_ENV, "TensorFlow's default")}
 
 
 def emit(record):
   print(json.dumps(record, sort_keys=True))
+
+
+def graph_flops(graph):
+  """Floating-point operations of one run of `graph` (a tf.Graph, e.g. a concrete function's).
+
+  Uses TensorFlow's registered per-op statistics (convolutions and their gradients, matmuls,
+  element-wise ops), the counter behind `tf.compat.v1.profiler`; ops inside control flow count
+  once.
+  """
+  from tensorflow.python.profiler import model_analyzer, option_builder  # pylint: disable=g-import-not-at-top
+  options = option_builder.ProfileOptionBuilder.float_operation()
+  options["output"] = "none"
+  return model_analyzer.profile(graph, options=options).total_float_ops
+
+
+def matmul_gflops(n=2048, repeats=10):
+  """GFLOP/s of an `[n, n] x [n, n]` float32 `tf.matmul` (the machine's practical peak)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  a = tf.random.stateless_normal([n, n], [0, 1])
+  b = tf.random.stateless_normal([n, n], [0, 2])
+  fn = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+  seconds = timeit(lambda: fn().numpy(), repeats=repeats, warmup=2, best=True)
+  return 2.0 * n ** 3 / seconds / 1e9
+
+
+def peak_rss_gb():
+  """Peak resident memory of this process so far, in GB (Linux `ru_maxrss` is in KiB)."""
+  import resource  # pylint: disable=g-import-not-at-top
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9

@@ -3,6 +3,7 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # the kernels the binaries use (runtime.py)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -23,3 +24,34 @@ def tiny_batch(batch=4, size=32, channels=1, num_classes=2, seed=0):
   images = rng.random((batch, size, size, channels), dtype=np.float32)
   labels = rng.integers(0, num_classes, (batch, size, size)).astype(np.int32)
   return images, labels
+
+
+EXPORT_MODEL_KWARGS = dict(num_classes=2, channels=TINY_CHANNELS, convs_per_block=1,
+                           latent_dim=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+  """A tiny Probabilistic U-Net run (32x32x1, 2 classes) and its SavedModel export.
+
+  Returns a dict: `model_dir`, `model` (the Keras model as restored by `train_lib.load_model`),
+  `saved_model` (the version directory) and `export_base`.
+  """
+  from tests.helpers import write_model_dir
+  from tf_prob_unet import export_lib, train_lib
+
+  keras.utils.set_random_seed(7)
+  root = tmp_path_factory.mktemp("tiny_export")
+  model_dir, _ = write_model_dir(root / "run", input_shape=(32, 32, 1), **EXPORT_MODEL_KWARGS)
+  base = str(root / "export")
+  saved_model = export_lib.export_saved_model(model_dir, base)
+  model, _ = train_lib.load_model(model_dir)
+  return {"model_dir": model_dir, "model": model, "saved_model": saved_model,
+          "export_base": base}
+
+
+def uint8_images(batch=2, size=32, channels=1, seed=0):
+  """Fixed uint8 images `[B, S, S, C]` and their model input (`/ 255`, float32)."""
+  images, _ = tiny_batch(batch, size, channels, seed=seed)
+  raw = np.round(images * 255).astype(np.uint8)
+  return raw, raw.astype(np.float32) / 255.0

@@ -1,7 +1,17 @@
-"""Test helpers: layer config round trips and weight-preserving rebuilds."""
+"""Test helpers: layer config round trips, weight-preserving rebuilds, running the binaries."""
+
+import json
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
+import tensorflow as tf
+
+from tf_prob_unet import models, train_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def assert_config_round_trip(layer):
@@ -18,3 +28,33 @@ def assert_config_round_trip(layer):
 def assert_allclose(a, b, **kw):
   kw.setdefault("rtol", 1e-6)
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), **kw)
+
+
+def run_binary(module, *args, timeout=600):
+  """Runs `python -m module args...` from the repository root; returns the CompletedProcess."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+def write_model_dir(path, model_name="prob_unet", input_shape=(32, 32, 1), step=3, **kwargs):
+  """A training-run directory as `train_lib.run` leaves it, without a dataset or training.
+
+  Builds `model_name` with `kwargs` (initial weights) and writes `model_config.json` and a
+  checkpoint in `train_lib`'s format (variables keyed by path, plus the step), so that
+  `train_lib.load_model(path)` restores it.
+
+  Returns:
+    `(model_dir, model)`.
+  """
+  model = models.get_model_class(model_name)(**kwargs)
+  model.build((None,) + tuple(input_shape))
+  os.makedirs(path, exist_ok=True)
+  config = {"model": model_name, "kwargs": kwargs, "input_shape": list(input_shape),
+            "dataset": "none", "data_dir": ""}
+  train_lib.atomic_write(os.path.join(path, train_lib.MODEL_CONFIG_FILE), json.dumps(config))
+  checkpoint = tf.train.Checkpoint(weights=train_lib.model_weights(model),
+                                   step=tf.Variable(step, dtype=tf.int64))
+  manager = tf.train.CheckpointManager(
+      checkpoint, os.path.join(path, train_lib.CHECKPOINT_DIR), max_to_keep=1)
+  manager.save(checkpoint_number=step)
+  return str(path), model

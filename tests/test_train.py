@@ -1,17 +1,14 @@
 """The train and evaluate binaries end to end on the tiny synthetic config."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.helpers import run_binary as _binary
 from tf_prob_unet import evaluate_lib, input_pipeline, train_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "synthetic_ambiguous/lidc_like_tiny"
 
 
@@ -22,12 +19,6 @@ def _config(tmp_path, **kw):
               log_every=3, eval_every=3, eval_batches=1, shuffle_buffer=16)
   base.update(kw)
   return train_lib.TrainConfig(**base)
-
-
-def _binary(module, *args):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow

@@ -243,11 +243,18 @@ def run(config, log=print):
     if config.split not in builder.info.splits:
       raise ValueError(f"--split: expected one of {sorted(builder.info.splits)}, "
                        f"found {config.split!r}.")
+    found = (list(spec.image_shape), spec.num_classes)
+    expected = (list(info["input_shape"]), info["kwargs"].get("num_classes", spec.num_classes))
+    if found != expected:
+      raise ValueError(f"--data_dir: the model of {model_dir!r} takes images {expected[0]} with "
+                       f"{expected[1]} classes; {builder.info.full_name} in {builder.data_dir!r} "
+                       f"has images {found[0]} with {found[1]} classes.")
     label = _label(model_dir)
     log(f"Evaluating {label} (step {info['step']}) on {info['dataset']}:{config.split} with "
         f"{max(counts)} samples per image")
-    data = draw_samples(model, builder, spec, config.split, max(counts), config.batch_size,
-                        config.limit, config.seed)
+    with input_pipeline.input_errors(builder, (config.split,)):
+      data = draw_samples(model, builder, spec, config.split, max(counts), config.batch_size,
+                          config.limit, config.seed)
     result = score(data, spec, counts, config.seed)
     result.update(model_dir=model_dir, step=info["step"], dataset=info["dataset"],
                   split=config.split)
@@ -263,7 +270,12 @@ def run(config, log=print):
     refs = data["modes"] if "modes" in data else data["references"]
     titles = None
     if "mode_probs" in data:
-      titles = [[f"p={p:.2f}" for p in row] for row in data["mode_probs"]]
+      probs = data["mode_probs"]
+      if refs.shape[1] > plots.MAX_REFERENCES:  # e.g. Cityscapes' 32 modes: the most probable
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :plots.MAX_REFERENCES]
+        refs = np.take_along_axis(refs, order[:, :, None, None], axis=1)
+        probs = np.take_along_axis(probs, order, axis=1)
+      titles = [[f"p={p:.2f}" for p in row] for row in probs]
     plots.sample_grid(os.path.join(out, f"samples{suffix}.png"), data["image"], refs,
                       data["samples"], spec.num_classes, titles)
   plots.ged_distribution(os.path.join(out, "ged_distribution.png"),

@@ -28,8 +28,11 @@ def _label_cmap(num_classes):
   return plt.get_cmap("gray" if num_classes <= 2 else "tab20", max(num_classes, 2))
 
 
+MAX_REFERENCES = 8  # references shown per row of a sample grid
+
+
 def sample_grid(path, images, references, samples, num_classes=2, reference_titles=None,
-                max_images=6, max_samples=8):
+                max_images=6, max_samples=8, max_references=MAX_REFERENCES):
   """Fig. 3 style: per row an image, its references and model samples.
 
   Args:
@@ -39,9 +42,10 @@ def sample_grid(path, images, references, samples, num_classes=2, reference_titl
     samples: `[B, S, H, W]` int label maps.
     num_classes: for the colour map.
     reference_titles: optional `[B][R]` titles (e.g. mode probabilities).
+    max_images, max_samples, max_references: the first ones shown.
   """
   b = min(len(images), max_images)
-  r = references.shape[1]
+  r = min(references.shape[1], max_references)
   s = min(samples.shape[1], max_samples)
   cols = 1 + r + s
   fig, axes = plt.subplots(b, cols, figsize=(1.3 * cols, 1.3 * b), squeeze=False)

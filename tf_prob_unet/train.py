@@ -10,6 +10,11 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tf_prob_unet import runtime  # noqa: E402  (imports no TensorFlow)
+
+if __name__ == "__main__":
+  runtime.prepare_process()  # oneDNN on, tcmalloc/jemalloc preloaded, before TensorFlow loads
+
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
@@ -53,6 +58,9 @@ _HELP = {
     "eval_every": "Steps between validation terms and sample grids.",
     "eval_batches": "Validation batches (of 4) per evaluation.",
     "shuffle_buffer": "Examples in the shuffle buffer.",
+    "debug_nan_step": "Testing only: make the images of this 1-based step NaN, to exercise the "
+                      "non-finite guard, which names the loss terms or the gradient norm that "
+                      "became non-finite (0: off).",
 }
 
 

@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from tf_prob_unet.layers import initializers
+from tf_prob_unet.layers import shifted_conv2d
 
 
 @keras.saving.register_keras_serializable(package="tf_prob_unet")
@@ -48,7 +49,7 @@ class ConvBlock(keras.layers.Layer):
       self.dropout_layer = keras.layers.Dropout(self.dropout_rate, name="dropout")
     self.convs = []
     for i in range(self.num_convs):
-      conv = keras.layers.Conv2D(
+      conv = shifted_conv2d.ShiftedConv2D(
           self.filters, 3, padding="same", activation="relu",
           kernel_initializer=initializers.kernel_initializer(),
           bias_initializer=initializers.bias_initializer(),
@@ -68,7 +69,7 @@ class ConvBlock(keras.layers.Layer):
       else:
         x = self.dropout_layer(x, training=training)
     for conv in self.convs:
-      x = conv(x)
+      x = conv(x, training=training)
     return x
 
   def compute_output_shape(self, input_shape):

@@ -34,9 +34,12 @@ class ProbUNet(common.SegmentationModel):
       `layers.gaussian_head.bound_log_sigma`).
     ignore_index: label excluded from the loss.
     upsample_mode: `"align_corners"` (reference) or `"half_pixel"`.
-    seed: base seed of the training-time posterior draws (each step's noise is a function of
-      this seed, the optimizer step and the replica id, so a resumed run draws the same noise).
+    seed: base seed of the training-time posterior draws (each example's noise is a function
+      of this seed, the optimizer step and its index in the global batch, so a resumed run and a
+      run on any number of replicas draw the same noise).
   """
+
+  per_example_seeds = True
 
   def __init__(self, num_classes=2, channels=(32, 64, 128, 192), convs_per_block=3,
                latent_dim=6, fcomb_channels=None, num_fcomb_hidden=3, beta=1.0,
@@ -122,10 +125,26 @@ class ProbUNet(common.SegmentationModel):
     return self.fcomb(self.unet(images, training=training), z)
 
   def _prior_samples(self, images, num_samples, seed, labels_only):
+    noise = common.normal_noise(
+        tf.stack([tf.shape(images)[0], num_samples, self.latent_dim]), seed)
+    return self.sample_from_noise(images, noise, labels_only=labels_only)
+
+  def sample_from_noise(self, images, noise, labels_only=False):
+    """Prior samples for given standard-normal noise: `z = mu + sigma * noise`.
+
+    The deterministic core of `sample` (which draws the noise), for reproducible serving.
+
+    Args:
+      images: `[B, H, W, C]` float images.
+      noise: `[B, M, N]` standard-normal draws.
+      labels_only: return arg-max labels instead of logits.
+
+    Returns:
+      Logits `[B, M, H, W, K]`, or `[B, M, H, W]` int32 labels with `labels_only`.
+    """
     features = self.unet(images, training=False)
     mu, log_sigma = self.prior_net.params(images, training=False)
-    eps = common.normal_noise(tf.stack([tf.shape(mu)[0], num_samples, self.latent_dim]), seed)
-    z = mu[:, tf.newaxis] + tf.exp(log_sigma)[:, tf.newaxis] * eps
+    z = mu[:, tf.newaxis] + tf.exp(log_sigma)[:, tf.newaxis] * tf.cast(noise, mu.dtype)
     return self.fcomb.combine(self.fcomb.project_features(features), z, labels_only=labels_only)
 
   def sample_logits(self, images, num_samples=1, seed=None):
@@ -148,7 +167,7 @@ class ProbUNet(common.SegmentationModel):
     Args:
       images: `[B, H, W, C]` float.
       labels: `[B, H, W]` int, values in `[0, K)` or `ignore_index`.
-      seed: `[2]` int seed of the posterior draw.
+      seed: `[2]` int seed of the posterior draw, or `[B, 2]` per-example seeds.
       training: forwarded to the layers.
 
     Returns:

@@ -1,0 +1,24 @@
+"""What the thin absl mains share: no positional arguments, quiet logs, one-line errors."""
+
+import sys
+
+from absl import app
+from absl import logging
+
+
+def main_with_errors(body):
+  """An absl `main` that runs `body()` and turns a `ValueError` into one line and exit code 2.
+
+  Args:
+    body: a callable without arguments that reads the flags and does the work.
+  """
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    try:
+      body()
+    except ValueError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+  return main

@@ -1,0 +1,187 @@
+"""Sampling a user's own images, flag-free: masks, a grid and an uncertainty map per image.
+
+`run(SampleConfig)` loads a training run (`model_dir`, any model of the registry) or an export
+(`saved_model`, a version directory written by `export_lib.export_saved_model`), and for every
+image writes to `output_dir/<image stem>/`:
+
+- `sample_00.png` ... : each sampled mask, 8-bit; binary masks as 0 / 255, multi-class masks as
+  the class ids;
+- `grid.png`: the image and its samples side by side;
+- `uncertainty.png` and `uncertainty.npy`: the per-pixel entropy of the class frequencies over
+  the samples (nats, float32 `[H, W]`; the PNG maps 0 .. log K to black .. white).
+
+Input preprocessing (the SavedModel does the same in its graph):
+- PNG (or any image Pillow reads): converted to the model's channels (grayscale `L` for 1, `RGB`
+  for 3), uint8, then / 255.
+- `.npy`: raw CT values in Hounsfield units, `[H, W]` or `[H, W, C]`: clipped to `ct_window`
+  (default -1350 .. 150 HU, the lung window: level -600, width 1500), scaled linearly to
+  0 .. 255 and rounded to uint8, then / 255.
+
+With a seed, the Keras model and its export draw the same samples (the export's
+`sample_with_noise` is fed the noise `sample` would draw).
+"""
+
+import dataclasses
+import os
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from tf_prob_unet import export_lib
+from tf_prob_unet import plots
+from tf_prob_unet import train_lib
+from tf_prob_unet.models import common
+
+
+@dataclasses.dataclass
+class SampleConfig:
+  """Settings of the sample binary; field names are its flag names."""
+  model_dir: str = ""
+  saved_model: str = ""
+  image: tuple = ()
+  num_samples: int = 16
+  output_dir: str = ""
+  seed: int = 0
+  ct_window: tuple = (-1350.0, 150.0)
+
+  def validate(self):
+    if bool(self.model_dir) == bool(self.saved_model):
+      raise ValueError("--model_dir / --saved_model: expected exactly one of them, found "
+                       f"{'both' if self.model_dir else 'neither'}.")
+    if not self.image:
+      raise ValueError("--image: expected at least one image file, found none.")
+    if self.num_samples < 1:
+      raise ValueError(f"--num_samples: expected >= 1, found {self.num_samples}.")
+    if not self.output_dir:
+      raise ValueError("--output_dir: expected a directory, found an empty string.")
+    if len(self.ct_window) != 2 or not self.ct_window[0] < self.ct_window[1]:
+      raise ValueError(f"--ct_window: expected LOW,HIGH with LOW < HIGH, found "
+                       f"{list(self.ct_window)}.")
+
+
+def window_ct(values, ct_window):
+  """Raw CT values (HU) -> uint8: clip to `ct_window`, scale linearly to 0 .. 255, round."""
+  low, high = ct_window
+  scaled = (np.clip(np.asarray(values, np.float64), low, high) - low) / (high - low) * 255.0
+  return np.round(scaled).astype(np.uint8)
+
+
+def load_image(path, channels, ct_window=SampleConfig.ct_window):
+  """One image as uint8 `[H, W, channels]` (see the module docstring for the conversions).
+
+  Raises:
+    ValueError: an unreadable file or a channel count that cannot be converted.
+  """
+  if not os.path.isfile(path):
+    raise ValueError(f"--image: expected an image file, found nothing at {path!r}.")
+  if path.lower().endswith(".npy"):
+    values = np.load(path, allow_pickle=False)
+    if values.ndim == 2:
+      values = values[..., np.newaxis]
+    if values.ndim != 3 or values.shape[-1] != channels:
+      raise ValueError(f"--image: expected a [H, W] or [H, W, {channels}] array of CT values "
+                       f"in {path!r}, found shape {list(values.shape)}.")
+    return window_ct(values, ct_window)
+  if channels not in (1, 3):
+    raise ValueError(f"--image: PNG input is for models with 1 or 3 channels, the model has "
+                     f"{channels}; pass a .npy array [H, W, {channels}] instead of {path!r}.")
+  try:
+    with Image.open(path) as img:
+      array = np.asarray(img.convert("L" if channels == 1 else "RGB"), np.uint8)
+  except OSError as e:
+    raise ValueError(f"--image: expected a PNG (or another image Pillow reads), could not read "
+                     f"{path!r}: {e}.") from None
+  return array.reshape(array.shape[:2] + (channels,))
+
+
+def keras_sampler(model, channels):
+  """`fn(images uint8 [B, H, W, C], num_samples, seed) -> (labels, probabilities)` of a model."""
+
+  @tf.function(reduce_retracing=True)
+  def draw(images, seed, num_samples):
+    x = export_lib.preprocess(images, channels)
+    return model.sample(x, num_samples, seed=seed, return_probs=True)
+
+  def fn(images, num_samples, seed):
+    labels, probabilities = draw(tf.constant(images), seed, int(num_samples))
+    return labels.numpy(), probabilities.numpy()
+  return fn
+
+
+def saved_model_sampler(loaded, latent_dim):
+  """The same contract through an export's `sample_with_noise` signature."""
+  signature = loaded.signatures["sample_with_noise"]
+
+  def fn(images, num_samples, seed):
+    noise = common.normal_noise(tf.stack([images.shape[0], num_samples, latent_dim]), seed)
+    out = signature(images=tf.constant(images), noise=noise)
+    return out["labels"].numpy(), out["probabilities"].numpy()
+  return fn
+
+
+def _write_png(path, array):
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".png")
+  os.close(fd)
+  Image.fromarray(array).save(tmp)
+  os.replace(tmp, path)
+
+
+def _write_npy(path, array):
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".npy")
+  with os.fdopen(fd, "wb") as f:
+    np.save(f, array)
+  os.replace(tmp, path)
+
+
+def _output_names(paths):
+  """A directory name per image: its stem, made unique by an index where stems repeat."""
+  stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+  return [s if stems.count(s) == 1 else f"{i:03d}_{s}" for i, s in enumerate(stems)]
+
+
+def run(config, log=print):
+  """Samples every image of `config.image`; returns a list of per-image dicts of written paths."""
+  config.validate()
+  if config.model_dir:
+    model, info = train_lib.load_model(config.model_dir)
+    channels = int(info["input_shape"][-1])
+    sampler = keras_sampler(model, channels)
+    num_classes = model.num_classes
+  else:
+    info = export_lib.read_info(config.saved_model)
+    channels = int(info["input_shape"][-1])
+    sampler = saved_model_sampler(tf.saved_model.load(config.saved_model), info["latent_dim"])
+    num_classes = info["num_classes"]
+  images = [load_image(p, channels, config.ct_window) for p in config.image]
+  results = []
+  for index, (path, image, name) in enumerate(zip(config.image, images,
+                                                  _output_names(config.image))):
+    seed = tf.constant([config.seed, index], tf.int64)
+    labels, probabilities = sampler(image[np.newaxis], config.num_samples, seed)
+    stats = export_lib.uncertainty(labels, probabilities)
+    entropy = stats["entropy"].numpy()[0].astype(np.float32)
+    out_dir = os.path.join(config.output_dir, name)
+    os.makedirs(out_dir, exist_ok=True)
+    scale = 255 if num_classes == 2 else 1
+    masks = []
+    for j in range(config.num_samples):
+      masks.append(os.path.join(out_dir, f"sample_{j:02d}.png"))
+      _write_png(masks[-1], (labels[0, j] * scale).astype(np.uint8))
+    uncertainty_png = os.path.join(out_dir, "uncertainty.png")
+    _write_png(uncertainty_png,
+               np.round(entropy / np.log(num_classes) * 255).clip(0, 255).astype(np.uint8))
+    uncertainty_npy = os.path.join(out_dir, "uncertainty.npy")
+    _write_npy(uncertainty_npy, entropy)
+    grid = plots.sample_grid(os.path.join(out_dir, "grid.png"),
+                             image[np.newaxis].astype(np.float32) / 255.0,
+                             np.zeros((1, 0) + image.shape[:2], np.int32), labels,
+                             num_classes=num_classes, max_images=1,
+                             max_samples=config.num_samples)
+    results.append({"image": path, "masks": masks, "grid": grid,
+                    "uncertainty_png": uncertainty_png, "uncertainty_npy": uncertainty_npy,
+                    "mean_entropy": float(entropy.mean())})
+    log(f"{path}: {config.num_samples} samples, mean entropy {entropy.mean():.3f} nats -> "
+        f"{out_dir}")
+  return results
