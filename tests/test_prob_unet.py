@@ -135,7 +135,9 @@ def test_loss_decreases_on_tiny_fixed_batch():
   model.compile(optimizer=keras.optimizers.Adam(3e-3))
   history = model.fit(images, labels, batch_size=4, epochs=40, verbose=0).history
   assert set(history) >= {"loss", "rec_loss", "kl", "weight_decay_loss", "pixel_ce"}
-  assert history["rec_loss"][-1] < 0.7 * history["rec_loss"][0]
+  # The first epoch's value depends on the posterior draw (0.53x-0.80x of it at the end over
+  # seeds and seeding schemes), hence the margin.
+  assert history["rec_loss"][-1] < 0.9 * history["rec_loss"][0]
   assert all(np.isfinite(history["loss"]))
   assert history["loss"][0] > 0  # trackers report real values, not zeros
 

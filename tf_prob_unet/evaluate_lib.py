@@ -243,11 +243,18 @@ def run(config, log=print):
     if config.split not in builder.info.splits:
       raise ValueError(f"--split: expected one of {sorted(builder.info.splits)}, "
                        f"found {config.split!r}.")
+    found = (list(spec.image_shape), spec.num_classes)
+    expected = (list(info["input_shape"]), info["kwargs"].get("num_classes", spec.num_classes))
+    if found != expected:
+      raise ValueError(f"--data_dir: the model of {model_dir!r} takes images {expected[0]} with "
+                       f"{expected[1]} classes; {builder.info.full_name} in {builder.data_dir!r} "
+                       f"has images {found[0]} with {found[1]} classes.")
     label = _label(model_dir)
     log(f"Evaluating {label} (step {info['step']}) on {info['dataset']}:{config.split} with "
         f"{max(counts)} samples per image")
-    data = draw_samples(model, builder, spec, config.split, max(counts), config.batch_size,
-                        config.limit, config.seed)
+    with input_pipeline.input_errors(builder, (config.split,)):
+      data = draw_samples(model, builder, spec, config.split, max(counts), config.batch_size,
+                          config.limit, config.seed)
     result = score(data, spec, counts, config.seed)
     result.update(model_dir=model_dir, step=info["step"], dataset=info["dataset"],
                   split=config.split)

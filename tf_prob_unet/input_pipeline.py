@@ -13,11 +13,13 @@ Builders in this repository's `datasets/<name>/` folder are imported by file pat
 top-level module called `datasets`); any other name goes to the TFDS registry.
 """
 
+import contextlib
 import dataclasses
 import importlib.machinery
 import importlib.util
 import itertools
 import os
+import re
 import sys
 
 import numpy as np
@@ -130,6 +132,7 @@ def dataset_spec(builder):
   """Reads a `DatasetSpec` from a builder's features and metadata."""
   features = builder.info.features
   meta = builder.info.metadata or {}
+  check_features(builder)
   image_shape = tuple(features["image"].shape)
   if "masks" in features:
     num_classes = int(meta.get("num_classes", 2))
@@ -149,6 +152,123 @@ def dataset_spec(builder):
                        mode_names=tuple(_mode_name(bits, meta) for bits in _mode_bits(len(flips))))
   raise ValueError(f"--dataset: {builder.info.full_name} has neither `masks` (graders) nor "
                    f"`label` with `flips` metadata; found features {sorted(features.keys())}.")
+
+
+def _feature_error(builder, key, expected, feature):
+  return ValueError(f"--dataset: {builder.info.full_name} feature {key!r}: expected {expected}, "
+                    f"found {tf.as_dtype(feature.dtype).name} of shape {tuple(feature.shape)}.")
+
+
+def check_features(builder):
+  """Checks the declared features: what the pipeline reads must have the rank and dtype it needs.
+
+  `image` must be uint8 `[H, W, C]` with C >= 1; grader `masks` integer `[R, H, W]`; flip `label`
+  and `cue` integer `[H, W]`; all of the same H, W (None is allowed for any dimension).
+
+  Raises:
+    ValueError: one line naming the dataset, the feature, what was expected and what was found.
+  """
+  features = builder.info.features
+  if "image" not in features:
+    raise ValueError(f"--dataset: {builder.info.full_name} has no `image` feature; found "
+                     f"{sorted(features.keys())}.")
+  image = features["image"]
+  if len(image.shape) != 3 or tf.as_dtype(image.dtype) != tf.uint8 or image.shape[-1] == 0:
+    raise _feature_error(builder, "image", "uint8 [H, W, C]", image)
+  expected = {"masks": 3, "modes": 3, "label": 2, "cue": 2}
+  for key, rank in expected.items():
+    if key not in features:
+      continue
+    feature = features[key]
+    shape = tuple(feature.shape)
+    dims = "[R, H, W]" if rank == 3 else "[H, W]"
+    if (len(shape) != rank or not tf.as_dtype(feature.dtype).is_integer
+        or any(a is not None and b is not None and a != b
+               for a, b in zip(shape[-2:], image.shape[:2]))):
+      raise _feature_error(builder, key, f"integer {dims} matching image {tuple(image.shape)}",
+                           feature)
+
+
+_INPUT_ERROR = "tf_prob_unet input error"
+
+
+def check_label_values(labels, num_classes, field, example_id, ignore=VOID):
+  """`labels` (any shape, int) with an assertion that every value is in [0, K) or `ignore`.
+
+  A failing check stops the pipeline with an error that `input_errors` turns into one line
+  naming the example, the field and the value found.
+  """
+  labels = tf.cast(labels, tf.int32)
+  bad = tf.logical_and(tf.logical_or(labels < 0, labels >= num_classes), labels != ignore)
+  found = tf.reduce_max(tf.where(bad, labels, tf.int32.min))
+  example_id = tf.convert_to_tensor(example_id)
+  if example_id.dtype != tf.string:
+    example_id = tf.strings.as_string(example_id)
+  check = tf.debugging.Assert(
+      tf.logical_not(tf.reduce_any(bad)),
+      [_INPUT_ERROR, example_id, field, found, num_classes])
+  with tf.control_dependencies([check]):
+    return tf.identity(labels)
+
+
+def _check_example(ex, spec, position):
+  """Asserts the label values of one decoded example (graders, modes, flip label, cue)."""
+  example_id = ex["id"] if "id" in ex else position
+  out = dict(ex)
+  for key in ("masks", "modes", "label"):
+    if key in ex:
+      out[key] = check_label_values(ex[key], spec.num_base_classes or spec.num_classes, key,
+                                    example_id)
+  if "cue" in ex:
+    out["cue"] = check_label_values(ex["cue"], spec.num_base_classes, "cue", example_id)
+  return out
+
+
+def find_bad_record(builder, splits):
+  """`(file name, record index, reason)` of the first unreadable record of a prepared dataset.
+
+  Reads every TFRecord file of the builder's `splits` in order (only called after a read
+  failed), or returns None if all of them read cleanly.
+  """
+  paths = [p for split in splits for p in sorted(tf.io.gfile.glob(
+      os.path.join(builder.data_dir, f"*-{split}.tfrecord*")))]
+  for path in paths:
+    index = 0
+    try:
+      for _ in tf.data.TFRecordDataset(path):
+        index += 1
+    except tf.errors.DataLossError as e:
+      reason = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", str(e.message)).strip().splitlines()[0]
+      return os.path.basename(path), index, reason
+  return None
+
+
+@contextlib.contextmanager
+def input_errors(builder, splits):
+  """Turns a corrupt or truncated record, or a failed label check, into a one-line ValueError.
+
+  Args:
+    builder: the TFDS builder being read (named in the message).
+    splits: the splits being read (their files are scanned for the bad record).
+  """
+  name = builder.info.full_name
+  try:
+    yield
+  except tf.errors.DataLossError:
+    bad = find_bad_record(builder, splits)
+    where = (f"record {bad[1]} of {bad[0]} is corrupt or truncated ({bad[2]})" if bad else
+             "a record is corrupt or truncated")
+    raise ValueError(f"--dataset: {name}: {where}; rebuild the dataset (delete "
+                     f"{builder.data_dir} and run again).") from None
+  except tf.errors.InvalidArgumentError as e:
+    message = str(e.message)
+    if _INPUT_ERROR not in message:
+      raise
+    parts = re.findall(r"\[([^\[\]]*)\]", message.split(_INPUT_ERROR, 1)[1])
+    example_id, field, found, num_classes = (parts + ["?"] * 4)[:4]
+    raise ValueError(f"--dataset: {name} example {example_id}: `{field}` has label value "
+                     f"{found}; expected values in [0, {num_classes}) or {VOID} (ignore)."
+                     ) from None
 
 
 def _mode_bits(num_flips):
@@ -204,9 +324,11 @@ def train_dataset(builder, spec, batch_size, seed=0, split="train", shuffle_buff
   """
   read_config = tfds.ReadConfig(shuffle_seed=seed)
   ds = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config)
-  keep = ["image", "masks"] if spec.kind == "graders" else ["image", "label"] + (
+  keep = ["id", "image", "masks"] if spec.kind == "graders" else ["id", "image", "label"] + (
       ["cue"] if spec.has_cue else [])
-  ds = ds.map(lambda ex: {k: ex[k] for k in keep}, num_parallel_calls=tf.data.AUTOTUNE)
+  # Every example read is checked, before it waits in the shuffle buffer.
+  ds = ds.map(lambda ex: _check_example({k: ex[k] for k in keep if k in ex}, spec, "(no id)"),
+              num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.repeat().shuffle(shuffle_buffer, seed=seed).enumerate()
 
   def draw(index, ex):
@@ -238,8 +360,10 @@ def eval_dataset(builder, spec, batch_size, split="test", limit=None):
   if limit:
     ds = ds.take(limit)
 
-  def convert(ex):
-    out = {"image": model_inputs(ex, spec), "id": ex["id"]}
+  def convert(position, ex):
+    ex = _check_example(ex, spec, position)
+    out = {"image": model_inputs(ex, spec), "id": ex["id"] if "id" in ex else
+           tf.strings.as_string(position)}
     if spec.kind == "graders":
       masks = tf.cast(ex["masks"], tf.int32)
       out["references"] = masks
@@ -254,5 +378,5 @@ def eval_dataset(builder, spec, batch_size, split="test", limit=None):
                  label=tf.cast(ex["label"], tf.int32))
     return out
 
-  ds = ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.enumerate().map(convert, num_parallel_calls=tf.data.AUTOTUNE)
   return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -7,7 +7,9 @@ the model's constructor arguments to `model_dir/model_config.json` (read by eval
 
 import dataclasses
 import json
+import math
 import os
+import shutil
 import tempfile
 import time
 
@@ -59,6 +61,8 @@ class TrainConfig:
   eval_every: int = 500
   eval_batches: int = 4
   shuffle_buffer: int = 1024
+  # Testing only: turn the images of this (1-based) step into NaN (0: never).
+  debug_nan_step: int = 0
 
   def validate(self):
     """Raises ValueError naming the first bad field, what was expected and what was found."""
@@ -77,6 +81,9 @@ class TrainConfig:
       raise ValueError("--channels: expected at least one level, found none.")
     if not self.model_dir:
       raise ValueError("--model_dir: expected a directory, found an empty string.")
+    if self.debug_nan_step < 0:
+      raise ValueError(f"--debug_nan_step: expected a step >= 0 (0: off), found "
+                       f"{self.debug_nan_step}.")
 
 
 def config_to_flags(config):
@@ -128,11 +135,57 @@ def check_batch_size(batch_size, replicas):
 
 
 def make_strategy(name):
+  """The `tf.distribute` strategy called `name` (one of `STRATEGIES`).
+
+  `multi_worker_mirrored` reads the cluster from the `TF_CONFIG` environment variable (see
+  BUILD.md); without it, it is a single worker.
+  """
   if name == "mirrored":
     return tf.distribute.MirroredStrategy()
   if name == "multi_worker_mirrored":
     return tf.distribute.MultiWorkerMirroredStrategy()
   return tf.distribute.get_strategy()
+
+
+def is_chief(strategy):
+  """Whether this process writes the run's checkpoints and summaries (always, unless it is a
+  non-chief worker of a multi-worker cluster)."""
+  return bool(strategy.extended.should_checkpoint)
+
+
+def distribute_batch(strategy, batch):
+  """Splits a global batch over the replicas: replica r of N gets rows `[r*B/N, (r+1)*B/N)`.
+
+  Every worker reads the same global batch from the same seeded pipeline and keeps its
+  replicas' rows, so the data each replica sees does not depend on how many workers there are,
+  and one input-pipeline position (saved in the chief's checkpoint) is valid for every worker.
+  """
+  def rows(ctx):
+    def take(x):
+      size = x.shape[0] // ctx.num_replicas_in_sync
+      return x[ctx.replica_id_in_sync_group * size:(ctx.replica_id_in_sync_group + 1) * size]
+    return tf.nest.map_structure(take, batch)
+  return strategy.experimental_distribute_values_from_function(rows)
+
+
+def check_finite(terms, step, checkpoint_dir):
+  """Raises FloatingPointError naming the step and every non-finite loss term.
+
+  Args:
+    terms: `{name: float}` of one step, the loss terms plus `grad_norm`.
+    step: the 1-based step that produced them.
+    checkpoint_dir: the run's checkpoint directory (its newest checkpoint is named).
+  """
+  bad = {k: v for k, v in terms.items() if not math.isfinite(v)}
+  if not bad:
+    return
+  last_checkpoint = tf.train.latest_checkpoint(checkpoint_dir)
+  names = ", ".join(f"{'gradient norm' if k == 'grad_norm' else 'loss term ' + repr(k)} = {v}"
+                    for k, v in bad.items())
+  kept = (f"the last good checkpoint {last_checkpoint} is intact" if last_checkpoint
+          else "no checkpoint was written")
+  raise FloatingPointError(f"Training stopped at step {step}: non-finite {names}; nothing was "
+                           f"saved from this step, {kept}.")
 
 
 def model_kwargs(config, spec):
@@ -209,11 +262,43 @@ def _format_eta(seconds):
       else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def _check_resume(config, record):
+  """A run in `model_dir` resumes only with the same model and input shape."""
+  path = os.path.join(config.model_dir, MODEL_CONFIG_FILE)
+  if not (os.path.exists(path) and tf.train.latest_checkpoint(
+      os.path.join(config.model_dir, CHECKPOINT_DIR))):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  differs = [k for k in ("model", "input_shape") if saved.get(k) != record[k]]
+  differs += [f"kwargs.{k}" for k in sorted(set(saved["kwargs"]) | set(record["kwargs"]))
+              if saved["kwargs"].get(k) != record["kwargs"].get(k)]
+  if differs:
+    first = differs[0]
+    get = (lambda r: r["kwargs"].get(first[7:])) if first.startswith("kwargs.") else (
+        lambda r: r.get(first))
+    raise ValueError(f"--model_dir: {config.model_dir!r} holds a run that cannot resume with "
+                     f"this command: {', '.join(differs)} differ ({first}: run has "
+                     f"{get(saved)!r}, this command gives {get(record)!r}; dataset "
+                     f"{saved.get('dataset')!r} vs {record['dataset']!r}).")
+
+
 def run(config, log=print):
   """Trains `config.model` on `config.dataset`, resuming from `config.model_dir` if it has a run.
 
+  Under `multi_worker_mirrored` every worker runs this with the same config; the chief writes
+  the run, the other workers write their checkpoints and summaries to temporary directories
+  that are removed when they finish. Every worker restores from the chief's latest checkpoint.
+
+  Nothing is written before the dataset, the first training and validation batches and (for
+  an existing run) the compatibility of the model have been checked.
+
   Returns:
     A dict with the final `step`, the last logged training terms and `model_dir`.
+
+  Raises:
+    ValueError: a bad flag or input, in one line.
+    FloatingPointError: a non-finite loss term or gradient (the step and the term named).
   """
   config.validate()
   strategy = make_strategy(config.strategy)
@@ -221,16 +306,42 @@ def run(config, log=print):
   check_batch_size(config.batch_size, replicas)
   builder = input_pipeline.get_builder(config.dataset, config.data_dir or None)
   spec = input_pipeline.dataset_spec(builder)
-  os.makedirs(config.model_dir, exist_ok=True)
-  atomic_write(os.path.join(config.model_dir, FLAGS_FILE), config_to_flags(config))
   kwargs = model_kwargs(config, spec)
-  atomic_write(os.path.join(config.model_dir, MODEL_CONFIG_FILE), json.dumps({
+  record = json.loads(json.dumps({  # as saved (tuples become lists), to compare with a saved run
       "model": config.model, "kwargs": kwargs, "input_shape": list(spec.image_shape),
-      "dataset": config.dataset, "data_dir": config.data_dir}, indent=2))
+      "dataset": config.dataset, "data_dir": config.data_dir}))
+  _check_resume(config, record)
 
   keras.utils.set_random_seed(config.seed)
   train_ds = input_pipeline.train_dataset(builder, spec, config.batch_size, config.seed,
                                           shuffle_buffer=config.shuffle_buffer)
+  val_ds = input_pipeline.eval_dataset(builder, spec, 4, split="validation",
+                                       limit=max(config.eval_batches, 1) * 4)
+  # Bad records and labels fail here, before anything is written.
+  with input_pipeline.input_errors(builder, ("train", "validation")):
+    next(iter(train_ds))
+    grid_batch = next(iter(val_ds))
+
+  chief = is_chief(strategy)
+  # Non-chief workers save too (all workers take part in saving), but to a scratch directory.
+  write_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="tf_prob_unet_worker_")
+  try:
+    if chief:
+      os.makedirs(config.model_dir, exist_ok=True)
+      atomic_write(os.path.join(config.model_dir, FLAGS_FILE), config_to_flags(config))
+      atomic_write(os.path.join(config.model_dir, MODEL_CONFIG_FILE),
+                   json.dumps(record, indent=2))
+    return _train(config, strategy, builder, spec, kwargs, train_ds, val_ds, grid_batch,
+                  write_dir, chief, log)
+  finally:
+    if not chief:
+      shutil.rmtree(write_dir, ignore_errors=True)
+
+
+def _train(config, strategy, builder, spec, kwargs, train_ds, val_ds, grid_batch, write_dir,
+           chief, log):
+  """The training loop of `run` (arguments as prepared there)."""
+  replicas = strategy.num_replicas_in_sync
   with strategy.scope():
     model = models.get_model_class(config.model)(**kwargs)
     model.build((None,) + spec.image_shape)
@@ -238,76 +349,85 @@ def run(config, log=print):
     optimizer = keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
     model.compile(optimizer=optimizer)
     optimizer.build(model.trainable_variables)
-    iterator = iter(strategy.experimental_distribute_dataset(train_ds))
+  # One plain tf.data iterator per worker, saved in the checkpoint (a distributed iterator
+  # cannot be); `distribute_batch` hands each replica its rows.
+  iterator = iter(train_ds)
   # The training step is the optimizer's own counter; it is also saved under `step` so that
   # `load_model` can read it without rebuilding an optimizer.
   step = optimizer.iterations
   checkpoint = tf.train.Checkpoint(weights=model_weights(model), optimizer=optimizer, step=step,
                                   iterator=iterator)
   manager = tf.train.CheckpointManager(
-      checkpoint, os.path.join(config.model_dir, CHECKPOINT_DIR), config.keep_checkpoints)
-  if manager.latest_checkpoint:
-    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    log(f"Restored {manager.latest_checkpoint} at step {int(step.numpy())}.")
+      checkpoint, os.path.join(write_dir, CHECKPOINT_DIR), config.keep_checkpoints)
+  latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, CHECKPOINT_DIR))
+  if latest:
+    checkpoint.restore(latest).assert_existing_objects_matched()
+    log(f"Restored {latest} at step {int(step.numpy())}.")
 
   @tf.function
   def train_step(it):
-    strategy.run(model.train_step, args=(next(it),))
+    images, labels = next(it)
+    if config.debug_nan_step:
+      poison = tf.equal(step + 1, config.debug_nan_step)
+      images = tf.where(poison, tf.fill(tf.shape(images), float("nan")), images)
+    terms = strategy.run(model.train_step_terms,
+                         args=(distribute_batch(strategy, (images, labels)),))
+    return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+            for k, v in terms.items()}
 
-  val_ds = input_pipeline.eval_dataset(builder, spec, 4, split="validation",
-                                       limit=max(config.eval_batches, 1) * 4)
-  grid_batch = next(iter(val_ds))
-  writers = {k: tf.summary.create_file_writer(os.path.join(config.model_dir, "summaries", k))
+  writers = {k: tf.summary.create_file_writer(os.path.join(write_dir, "summaries", k))
              for k in ("train", "validation")}
-
   start = int(step.numpy())
-  logs = {}
+  logs, pending = {}, []
   t0 = time.time()
   last_t, last_step = t0, start
   log(f"Training {config.model} on {config.dataset} ({spec.image_shape}, {spec.num_classes} "
       f"classes) for {config.train_steps} steps, batch {config.batch_size} on {replicas} "
       f"replica(s); starting at step {start}; allocator {runtime.current()}; "
       f"model_dir={config.model_dir}")
-  while int(step.numpy()) < config.train_steps:
-    train_step(iterator)
-    current = int(step.numpy())
-    if current % config.summary_every == 0 or current % config.log_every == 0 \
-        or current == config.train_steps:
-      logs = {t.name: float(t.result()) for t in model.metrics}
-      for name, value in logs.items():
-        if not np.isfinite(value):
-          raise FloatingPointError(
-              f"Training stopped at step {current}: the loss term {name!r} is {value}; the "
-              f"last good checkpoint is {manager.latest_checkpoint}.")
-      with writers["train"].as_default(step=current):
-        for name, value in logs.items():
-          tf.summary.scalar(name, value)
-        tf.summary.scalar("learning_rate", float(schedule(current)))
-      if current % config.log_every == 0 or current == config.train_steps:
-        now = time.time()
-        rate = (current - last_step) / max(now - last_t, 1e-9)
-        last_t, last_step = now, current
-        terms = " ".join(f"{k} {v:.4g}" for k, v in logs.items())
-        log(f"step {current}/{config.train_steps} | {rate:.2f} steps/s | ETA "
-            f"{_format_eta((config.train_steps - current) / max(rate, 1e-9))} | {terms}")
-      model.reset_metrics()
-    if current % config.eval_every == 0 or current == config.train_steps:
-      _evaluate_and_summarise(model, val_ds, grid_batch, writers["validation"], current, log)
-    if current % config.checkpoint_every == 0 or current == config.train_steps:
-      manager.save(checkpoint_number=current)
+  current = start
+  with input_pipeline.input_errors(builder, ("train",)):
+    while current < config.train_steps:
+      terms = {k: float(v) for k, v in train_step(iterator).items()}
+      current = int(step.numpy())
+      check_finite(terms, current, os.path.join(config.model_dir, CHECKPOINT_DIR))
+      pending.append(terms)
+      last = current == config.train_steps
+      if current % config.summary_every == 0 or current % config.log_every == 0 or last:
+        logs = {k: float(np.mean([t[k] for t in pending])) for k in model.tracker_names}
+        pending = []
+        with writers["train"].as_default(step=current):
+          for name, value in logs.items():
+            tf.summary.scalar(name, value)
+          tf.summary.scalar("learning_rate", float(schedule(current)))
+        if current % config.log_every == 0 or last:
+          now = time.time()
+          rate = (current - last_step) / max(now - last_t, 1e-9)
+          last_t, last_step = now, current
+          log(f"step {current}/{config.train_steps} | {rate:.2f} steps/s | ETA "
+              f"{_format_eta((config.train_steps - current) / max(rate, 1e-9))} | "
+              + " ".join(f"{k} {v:.4g}" for k, v in logs.items()))
+      if chief and (current % config.eval_every == 0 or last):
+        _evaluate_and_summarise(model, val_ds, grid_batch, writers["validation"], current,
+                                config.seed, log)
+      if current % config.checkpoint_every == 0 or last:
+        manager.save(checkpoint_number=current)
   for writer in writers.values():
     writer.flush()
   return {"step": int(step.numpy()), "logs": logs, "model_dir": config.model_dir,
           "seconds": time.time() - t0, "model": model}
 
 
-def _evaluate_and_summarise(model, val_ds, grid_batch, writer, step, log):
+def _evaluate_and_summarise(model, val_ds, grid_batch, writer, step, seed, log):
   """Validation ELBO terms and a sample grid into the validation summaries."""
-  model.reset_metrics()
-  for batch in val_ds:  # the first grader (or the unflipped mode) as the label
-    model.test_step((batch["image"], batch["references"][:, 0]))
-  logs = {t.name: float(t.result()) for t in model.metrics}
-  model.reset_metrics()
+  sums, count = {}, 0
+  for i, batch in enumerate(val_ds):  # the first grader (or the unflipped mode) as the label
+    terms = model.loss_terms(batch["image"], batch["references"][:, 0],
+                             tf.constant([seed, 2 + i], tf.int64), training=False)
+    for name in model.tracker_names:
+      sums[name] = sums.get(name, 0.0) + float(terms[name])
+    count += 1
+  logs = {k: v / max(count, 1) for k, v in sums.items()}
   samples = model.sample(grid_batch["image"], 4, seed=0)
   with writer.as_default(step=step):
     for name, value in logs.items():

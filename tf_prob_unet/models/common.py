@@ -9,15 +9,22 @@ def normal_noise(shape, seed=None):
 
   Args:
     shape: a shape (list or 1-D int tensor).
-    seed: None (non-repeatable, TF's stateful generator), a Python int, or a `[2]` int tensor;
-      an int or tensor seed gives the same noise every time (stateless RNG).
+    seed: None (non-repeatable, TF's stateful generator), a Python int, a `[2]` int tensor, or
+      `[B, 2]` per-example seeds (`shape[0] == B`): row `b` of the noise is drawn from
+      `seed[b]` alone, so an example's noise does not depend on which batch or replica it is
+      in. An int or tensor seed gives the same noise every time (stateless RNG).
   """
   if seed is None:
     return tf.random.normal(shape)
   seed = tf.convert_to_tensor(seed)
   if seed.shape.rank == 0:
     seed = tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)])
-  return tf.random.stateless_normal(shape, seed=tf.cast(seed, tf.int64))
+  seed = tf.cast(seed, tf.int64)
+  if seed.shape.rank == 2:
+    row_shape = tf.convert_to_tensor(shape)[1:]
+    return tf.map_fn(lambda s: tf.random.stateless_normal(row_shape, seed=s), seed,
+                     fn_output_signature=tf.float32)
+  return tf.random.stateless_normal(shape, seed=seed)
 
 
 def split_batch(data):
@@ -40,6 +47,11 @@ class SegmentationModel(keras.Model):
     ignore_index: label value excluded from the loss.
     seed: base seed of the training-time noise.
   """
+
+  # True: `loss_terms` accepts `[B, 2]` per-example seeds (all its noise goes through
+  # `normal_noise`), so training draws the same noise on one or N replicas. False: it gets one
+  # `[2]` seed per replica and step (e.g. batch-wide stateless dropout masks).
+  per_example_seeds = False
 
   def __init__(self, num_classes=2, ignore_index=255, seed=0, **kwargs):
     super().__init__(**kwargs)
@@ -72,21 +84,55 @@ class SegmentationModel(keras.Model):
              + tf.cast(replica_id, tf.int64))
     return tf.stack([first, tf.cast(step, tf.int64)])
 
+  def example_seeds(self, stream, batch_size):
+    """`[B, 2]` per-example seeds: base seed and stream, then (step, global example index).
+
+    Under a `tf.distribute` strategy replica `r` holds rows `[r * B, (r + 1) * B)` of the global
+    batch (see `train_lib`), so example `r * B + b` gets the same seed, and the same noise,
+    whatever the number of replicas: one device and N replicas train on identical draws.
+
+    Args:
+      stream: a small int separating independent noise streams (1: training draws).
+      batch_size: B, the per-replica batch size (a scalar, may be a tensor).
+    """
+    replica = tf.distribute.get_replica_context()
+    replica_id, replicas = (0, 1) if replica is None else (
+        replica.replica_id_in_sync_group, replica.num_replicas_in_sync)
+    batch_size = tf.cast(batch_size, tf.int64)
+    step = self.optimizer.iterations if getattr(self, "optimizer", None) is not None else 0
+    index = (tf.cast(step, tf.int64) * batch_size * replicas
+             + tf.cast(replica_id, tf.int64) * batch_size + tf.range(batch_size))
+    first = tf.cast(self.seed, tf.int64) * 1_000_003 + stream * 7919
+    return tf.stack([tf.fill(tf.shape(index), first), index], axis=1)
+
   def _update_trackers(self, terms):
     for name, tracker in zip(self.tracker_names, self.trackers):
       tracker.update_state(terms[name])
     return {t.name: t.result() for t in self.trackers}
 
-  def train_step(self, data):
+  def train_step_terms(self, data):
+    """One optimizer step on this replica's batch; returns the step's own terms.
+
+    The loss terms are computed with per-example seeds (`example_seeds`) if the model supports
+    them (`per_example_seeds`), else with one seed per replica and step; the trackers are updated, and the returned dict adds `grad_norm`, the global norm of this replica's
+    gradients (the training loop stops on a non-finite value before it checkpoints).
+    """
     images, labels = split_batch(data)
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     with tf.GradientTape() as tape:
-      terms = self.loss_terms(images, labels, self._step_seed(1), training=True)
+      seed = (self.example_seeds(1, tf.shape(images)[0]) if self.per_example_seeds
+              else self._step_seed(1))
+      terms = self.loss_terms(images, labels, seed, training=True)
       # Gradients are summed over replicas; each replica's loss is a mean over its own images.
       scaled = terms["loss"] / replicas
     grads = tape.gradient(scaled, self.trainable_variables)
     self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-    return self._update_trackers(terms)
+    self._update_trackers(terms)
+    return dict(terms, grad_norm=tf.linalg.global_norm(grads))
+
+  def train_step(self, data):
+    self.train_step_terms(data)
+    return {t.name: t.result() for t in self.trackers}
 
   def test_step(self, data):
     images, labels = split_batch(data)

@@ -34,9 +34,12 @@ class ProbUNet(common.SegmentationModel):
       `layers.gaussian_head.bound_log_sigma`).
     ignore_index: label excluded from the loss.
     upsample_mode: `"align_corners"` (reference) or `"half_pixel"`.
-    seed: base seed of the training-time posterior draws (each step's noise is a function of
-      this seed, the optimizer step and the replica id, so a resumed run draws the same noise).
+    seed: base seed of the training-time posterior draws (each example's noise is a function
+      of this seed, the optimizer step and its index in the global batch, so a resumed run and a
+      run on any number of replicas draw the same noise).
   """
+
+  per_example_seeds = True
 
   def __init__(self, num_classes=2, channels=(32, 64, 128, 192), convs_per_block=3,
                latent_dim=6, fcomb_channels=None, num_fcomb_hidden=3, beta=1.0,
@@ -165,7 +168,7 @@ class ProbUNet(common.SegmentationModel):
     Args:
       images: `[B, H, W, C]` float.
       labels: `[B, H, W]` int, values in `[0, K)` or `ignore_index`.
-      seed: `[2]` int seed of the posterior draw.
+      seed: `[2]` int seed of the posterior draw, or `[B, 2]` per-example seeds.
       training: forwarded to the layers.
 
     Returns:
