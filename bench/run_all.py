@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from tf_prob_unet import runtime  # noqa: E402  (no TensorFlow import)
 
-# compare_models.py trains six models (an hour or more): `make compare` runs it on its own.
+# compare_models.py trains six models (an experiment, `make compare`), not a timing figure.
 SKIP = {"run_all.py", "common.py", "__init__.py", "compare_models.py"}
 
 
