@@ -232,9 +232,13 @@ def model_weights(model):
 
   Checkpoints track the model's variables through this dict, by name. (A `tf.train.Checkpoint`
   holding the Keras 3 model object itself restored some layers' weights into the wrong
-  variables here, silently; keyed by path it is exact, and a test checks it.)
+  variables here, silently; keyed by path it is exact, and a test checks it.) Keras'
+  dropout RNG state is not included.
   """
-  return {v.path.split("/", 1)[1]: v for v in model.variables}
+  # Random-number state of Keras' own dropout layers (`seed_generator_<n>/...`) is left out: it
+  # is not a weight, and its layer counter differs between processes, so its path is not stable.
+  return {v.path.split("/", 1)[1]: v for v in model.variables
+          if "seed_generator" not in v.path}
 
 
 def load_model(model_dir, checkpoint=None):
