@@ -36,13 +36,13 @@ def test_matches_keras_conv2d_forward_and_gradients(channels_in, kernel_size, pa
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_taps_used_only_where_they_apply():
+def test_shifts_used_only_where_they_apply():
   layer = shifted_conv2d.ShiftedConv2D(4, 3, padding="same")
-  assert layer._uses_taps(tf.zeros([1, 8, 8, 8]))
-  assert not layer._uses_taps(tf.zeros([1, 8, 8, 1]))
-  assert not shifted_conv2d.ShiftedConv2D(4, 3, padding="same", strides=2)._uses_taps(
+  assert layer._uses_shifts(tf.zeros([1, 8, 8, 8]))
+  assert not layer._uses_shifts(tf.zeros([1, 8, 8, 1]))
+  assert not shifted_conv2d.ShiftedConv2D(4, 3, padding="same", strides=2)._uses_shifts(
       tf.zeros([1, 8, 8, 8]))
-  assert not shifted_conv2d.ShiftedConv2D(4, 2, padding="same")._uses_taps(
+  assert not shifted_conv2d.ShiftedConv2D(4, 2, padding="same")._uses_shifts(
       tf.zeros([1, 8, 8, 8]))
 
 
@@ -76,7 +76,7 @@ def test_kernel_gradient_is_the_same_built_in_chunks(monkeypatch, chunk_images):
   reference = tf.raw_ops.Conv2DBackpropFilter(
       input=x, filter_sizes=[3, 3, 8, 4], out_backprop=dy, strides=[1, 1, 1, 1], padding="SAME")
   monkeypatch.setattr(shifted_conv2d, "CHUNK_ELEMENTS", chunk_images * 11 * 13 * 9 * 4)
-  ours = shifted_conv2d.kernel_gradient_by_taps(x, dy, (3, 3))
+  ours = shifted_conv2d.kernel_gradient_by_shifts(x, dy, (3, 3))
   np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-4, atol=1e-4)
 
 

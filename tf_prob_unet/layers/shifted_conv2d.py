@@ -9,7 +9,7 @@ MIN_INPUT_CHANNELS = 8
 CHUNK_ELEMENTS = 16 * 1024 * 1024
 
 
-def kernel_gradient_by_taps(inputs, grad_outputs, kernel_size):
+def kernel_gradient_by_shifts(inputs, grad_outputs, kernel_size):
   """The gradient of a stride-1 SAME convolution with respect to its kernel, as one matmul.
 
   With `X` the input zero-padded by `(kh // 2, kw // 2)` and `S_ij` the output gradient `dY`
@@ -54,14 +54,14 @@ def kernel_gradient_by_taps(inputs, grad_outputs, kernel_size):
 
 
 def conv2d_same(inputs, kernel):
-  """`tf.nn.conv2d(inputs, kernel, 1, "SAME")` with the kernel gradient by taps (odd kernels)."""
+  """`tf.nn.conv2d(inputs, kernel, 1, "SAME")` with the kernel gradient by shifted matmul (odd kernels)."""
 
   @tf.custom_gradient
   def conv(x, k):
     def grad(dy):
       dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=k, out_backprop=dy,
                                           strides=[1, 1, 1, 1], padding="SAME")
-      return dx, kernel_gradient_by_taps(x, dy, tuple(k.shape[:2]))
+      return dx, kernel_gradient_by_shifts(x, dy, tuple(k.shape[:2]))
     return tf.nn.conv2d(x, k, 1, "SAME"), grad
 
   return conv(inputs, kernel)
@@ -72,20 +72,20 @@ class ShiftedConv2D(keras.layers.Conv2D):
   """`keras.layers.Conv2D` with a faster kernel gradient for stride-1 SAME odd-sized kernels.
 
   The forward pass, the variables, the config and the input gradient are those of
-  `keras.layers.Conv2D`; only the kernel gradient is computed by `kernel_gradient_by_taps`, and only
+  `keras.layers.Conv2D`; only the kernel gradient is computed by `kernel_gradient_by_shifts`, and only
   in training calls (`training=True`), so inference and exported graphs hold a plain Conv2D. Other
   settings (strides, dilation, VALID padding, even kernels, channels_first, fewer than
   `MIN_INPUT_CHANNELS` input channels) use Keras' own convolution.
   """
 
-  def _uses_taps(self, inputs):
+  def _uses_shifts(self, inputs):
     return (self.padding == "same" and tuple(self.strides) == (1, 1)
             and tuple(self.dilation_rate) == (1, 1) and self.data_format == "channels_last"
             and all(k % 2 == 1 for k in self.kernel_size) and self.groups == 1
             and inputs.shape[-1] is not None and inputs.shape[-1] >= MIN_INPUT_CHANNELS)
 
   def call(self, inputs, training=False):
-    if not (training and self._uses_taps(inputs)):
+    if not (training and self._uses_shifts(inputs)):
       return super().call(inputs)  # inference graphs (export, sampling) hold a plain Conv2D
     outputs = conv2d_same(inputs, tf.convert_to_tensor(self.kernel))
     if self.use_bias:
