@@ -29,10 +29,7 @@ def _read_flagfile(name):
 
 
 def _build(config, manual, data_dir):
-  builder = cs.Builder(config=config, data_dir=str(data_dir))
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=str(manual), compute_stats=tfds.download.ComputeStatsMode.SKIP))
-  return builder
+  return fake.build(cs.Builder, config, manual, data_dir)
 
 
 def _built_rgb(tmp_path):

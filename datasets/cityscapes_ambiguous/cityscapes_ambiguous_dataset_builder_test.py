@@ -60,10 +60,7 @@ def our_split(frame):
 
 
 def build(config, manual_dir, data_dir):
-  builder = cs.Builder(config=config, data_dir=str(data_dir))
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=str(manual_dir), compute_stats=tfds.download.ComputeStatsMode.SKIP))
-  return builder
+  return fake.build(cs.Builder, config, manual_dir, data_dir)
 
 
 def read_all(builder):

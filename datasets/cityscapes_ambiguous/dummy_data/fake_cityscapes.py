@@ -37,6 +37,15 @@ FRAMES = (
 _PALETTE = np.random.default_rng(1234).integers(30, 226, (256, 3)).astype(np.float32)
 
 
+def build(builder_cls, config, manual_dir, data_dir):
+  """Builds `config` of `builder_cls` from fake downloads in `manual_dir` (no statistics)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (the CLI needs no TF)
+  builder = builder_cls(config=config, data_dir=str(data_dir))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=str(manual_dir), compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  return builder
+
+
 def frame_id(city, seq, frame):
   return f"{city}_{seq:06d}_{frame:06d}"
 
