@@ -128,16 +128,18 @@ def test_gradients_finite_and_reach_every_trainable_variable():
 
 
 def test_loss_decreases_on_tiny_fixed_batch():
-  model = make_model()
-  images, labels = tiny_batch(4)
+  # f_comb is as wide as the first U-Net level; with the 4-channel tiny config its ReLUs can all
+  # die in the first steps and the model then sits at chance level (seed-dependent), so this test
+  # uses 8 channels at the first level.
+  model = make_model(channels=(8, 16))
+  images, _ = tiny_batch(4)
   # A learnable target: label = pixel brighter than 0.5.
   labels = (images[..., 0] > 0.5).astype("int32")
   model.compile(optimizer=keras.optimizers.Adam(3e-3))
-  history = model.fit(images, labels, batch_size=4, epochs=40, verbose=0).history
+  history = model.fit(images, labels, batch_size=4, epochs=80, verbose=0).history
   assert set(history) >= {"loss", "rec_loss", "kl", "weight_decay_loss", "pixel_ce"}
-  # The first epoch's value depends on the posterior draw (0.53x-0.80x of it at the end over
-  # seeds and seeding schemes), hence the margin.
-  assert history["rec_loss"][-1] < 0.9 * history["rec_loss"][0]
+  chance = np.log(2.0) * images.shape[1] * images.shape[2]  # summed CE of p = 0.5 everywhere
+  assert history["rec_loss"][-1] < 0.5 * min(history["rec_loss"][0], chance)
   assert all(np.isfinite(history["loss"]))
   assert history["loss"][0] > 0  # trackers report real values, not zeros
 
