@@ -53,14 +53,14 @@ def measure(name, batch, size, steps):
   labels = tf.constant(np.broadcast_to(disk, (batch, size, size)).copy())
   step = tf.function(lambda x, y: model.train_step((x, y)))
   # The model's FLOPs, counted on the graph with TensorFlow's own convolution gradients (the
-  # taps of ShiftedConv2D run in a loop, which the counter would count once): the same
+  # tap matmuls of ShiftedConv2D run in a loop, which the counter would count once): the same
   # arithmetic, so the achieved GFLOP/s compare implementations fairly.
-  saved, shifted_conv2d.MIN_INPUT_CHANNELS = shifted_conv2d.MIN_INPUT_CHANNELS, float("inf")
+  saved, shifted_conv2d.MIN_CHANNELS = shifted_conv2d.MIN_CHANNELS, float("inf")
   try:
     flops = graph_flops(tf.function(lambda x, y: model.train_step((x, y))).get_concrete_function(
         images, labels).graph)
   finally:
-    shifted_conv2d.MIN_INPUT_CHANNELS = saved
+    shifted_conv2d.MIN_CHANNELS = saved
   seconds = timeit(lambda: step(images, labels)["loss"].numpy(), repeats=steps, warmup=2,
                    best=False)
   return seconds, flops

@@ -1,4 +1,4 @@
-"""ShiftedConv2D: Keras' Conv2D with the kernel gradient computed tap by tap."""
+"""ShiftedConv2D: Keras' Conv2D with the kernel gradient computed as tap matmuls over offset rows."""
 
 import keras
 import numpy as np
@@ -18,11 +18,18 @@ def _gradients(layer, x, upstream):
   return y, dx, dk, db
 
 
+@pytest.fixture
+def small_threshold(monkeypatch):
+  """Lets the tiny test layers (>= 4 channels) take the tap-matmul path."""
+  monkeypatch.setattr(shifted_conv2d, "MIN_CHANNELS", 4)
+
+
 @pytest.mark.parametrize("channels_in,kernel_size,padding", [
-    (8, 3, "same"), (16, 5, "same"), (12, (3, 1), "same"),
+    (8, 3, "same"), (16, 5, "same"), (12, (3, 1), "same"), (12, (1, 5), "same"),
     (2, 3, "same"),    # too few channels: Keras' own convolution
     (8, 3, "valid")])  # not SAME: Keras' own convolution
-def test_matches_keras_conv2d_forward_and_gradients(channels_in, kernel_size, padding):
+def test_matches_keras_conv2d_forward_and_gradients(small_threshold, channels_in, kernel_size,
+                                                    padding):
   rng = np.random.default_rng(0)
   x = tf.constant(rng.normal(size=(3, 20, 17, channels_in)), tf.float32)
   kwargs = dict(filters=6, kernel_size=kernel_size, padding=padding, activation="relu")
@@ -36,17 +43,16 @@ def test_matches_keras_conv2d_forward_and_gradients(channels_in, kernel_size, pa
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_shifts_used_only_where_they_apply():
-  layer = shifted_conv2d.ShiftedConv2D(4, 3, padding="same")
-  assert layer._uses_shifts(tf.zeros([1, 8, 8, 8]))
-  assert not layer._uses_shifts(tf.zeros([1, 8, 8, 1]))
-  assert not shifted_conv2d.ShiftedConv2D(4, 3, padding="same", strides=2)._uses_shifts(
-      tf.zeros([1, 8, 8, 8]))
-  assert not shifted_conv2d.ShiftedConv2D(4, 2, padding="same")._uses_shifts(
-      tf.zeros([1, 8, 8, 8]))
+def test_tap_matmuls_used_only_where_they_apply():
+  x = tf.zeros([1, 8, 8, 32])
+  assert shifted_conv2d.ShiftedConv2D(32, 3, padding="same")._uses_shifts(x)
+  assert not shifted_conv2d.ShiftedConv2D(16, 3, padding="same")._uses_shifts(x)  # thin output
+  assert not shifted_conv2d.ShiftedConv2D(32, 3, padding="same")._uses_shifts(x[..., :16])
+  assert not shifted_conv2d.ShiftedConv2D(32, 3, padding="same", strides=2)._uses_shifts(x)
+  assert not shifted_conv2d.ShiftedConv2D(32, 2, padding="same")._uses_shifts(x)
 
 
-def test_kernel_gradient_in_a_compiled_function_with_unknown_batch():
+def test_kernel_gradient_in_a_compiled_function_with_unknown_batch(small_threshold):
   layer = shifted_conv2d.ShiftedConv2D(5, 3, padding="same")
   layer.build((None, 16, 16, 8))
 
@@ -67,20 +73,20 @@ def test_config_round_trip():
   helpers.assert_config_round_trip(shifted_conv2d.ShiftedConv2D(7, 3, padding="same", name="c"))
 
 
-@pytest.mark.parametrize("chunk_images", [1, 2, 5])
-def test_kernel_gradient_is_the_same_built_in_chunks(monkeypatch, chunk_images):
-  """Batch 5 in chunks of 1, 2 (a remainder of 1) or all at once: the same kernel gradient."""
+@pytest.mark.parametrize("chunk_rows", [1, 7, 150, 10**6])
+def test_kernel_gradient_is_the_same_built_in_chunks(monkeypatch, chunk_rows):
+  """Row chunks of 1, 7 and 150 (not dividing the 5 * 11 * 13 padded rows) or all at once."""
   rng = np.random.default_rng(3)
   x = tf.constant(rng.normal(size=(5, 9, 11, 8)), tf.float32)
   dy = tf.constant(rng.normal(size=(5, 9, 11, 4)), tf.float32)
   reference = tf.raw_ops.Conv2DBackpropFilter(
       input=x, filter_sizes=[3, 3, 8, 4], out_backprop=dy, strides=[1, 1, 1, 1], padding="SAME")
-  monkeypatch.setattr(shifted_conv2d, "CHUNK_ELEMENTS", chunk_images * 11 * 13 * 9 * 4)
-  ours = shifted_conv2d.kernel_gradient_by_shifts(x, dy, (3, 3))
+  monkeypatch.setattr(shifted_conv2d, "CHUNK_ELEMENTS", chunk_rows * (8 + 4))
+  ours = shifted_conv2d.kernel_gradient_by_offsets(x, dy, (3, 3))
   np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_inference_graph_holds_a_plain_convolution():
+def test_inference_graph_holds_a_plain_convolution(small_threshold):
   layer = shifted_conv2d.ShiftedConv2D(4, 3, padding="same")
   layer.build((None, 8, 8, 8))
 
