@@ -190,7 +190,9 @@ def main():
             "train_steps": {m: r["step"] for m, r in results.items()},
             "ged": {m: r["ged"] for m, r in results.items()},
             "mode_tv": {m: r.get("mode_tv") for m, r in results.items()},
-            "ged_mean_prediction": {m: r["ged_mean_prediction"] for m, r in results.items()}}
+            "ged_mean_prediction": {m: r["ged_mean_prediction"] for m, r in results.items()},
+            "ged_resampled": {m: r.get("ged_resampled") for m, r in results.items()},
+            "ged_reference": next(iter(results.values())).get("ged_reference")}
   if "prob_unet" in results and len(results) > 1:
     record["prob_unet_best_ged"] = min(results, key=lambda m: results[m]["ged"][n]) == "prob_unet"
     if all("mode_tv" in r for r in results.values()):

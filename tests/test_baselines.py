@@ -228,12 +228,16 @@ def test_ensemble_split_batch_gives_each_member_its_own_slice():
   ensemble = make_model("unet_ensemble", ensemble_size=2, member_batch="split")
   assert_config_round_trip(ensemble)
   seed = tf.constant([0, 0], tf.int64)
-  terms = ensemble.loss_terms(images, labels, seed, training=False)
-  parts = [m.loss_terms(images[2 * k:2 * k + 2], labels[2 * k:2 * k + 2], seed, training=False)
+  terms = ensemble.loss_terms(images, labels, seed, training=True)
+  parts = [m.loss_terms(images[2 * k:2 * k + 2], labels[2 * k:2 * k + 2], seed, training=True)
            for k, m in enumerate(ensemble.members)]
   assert float(terms["loss"]) == pytest.approx(sum(float(p["loss"]) for p in parts), rel=1e-6)
   assert float(terms["rec_loss"]) == pytest.approx(
       np.mean([float(p["rec_loss"]) for p in parts]), rel=1e-6)
+  # Evaluation calls (validation batches of any size, here 3) score every member on every image.
+  terms = ensemble.loss_terms(images[:3], labels[:3], seed, training=False)
+  parts = [m.loss_terms(images[:3], labels[:3], seed, training=False) for m in ensemble.members]
+  assert float(terms["loss"]) == pytest.approx(sum(float(p["loss"]) for p in parts), rel=1e-6)
   with pytest.raises(ValueError, match="member_batch"):
     get_model_class("unet_ensemble")(member_batch="halves")
 

@@ -99,6 +99,9 @@ def test_evaluate_writes_metrics_report_and_figures(tmp_path):
     assert set(metrics[key]) == {"1", "4"}, key
     assert all(np.isfinite(v) for v in metrics[key].values())
   assert set(metrics["diversity"]) == {"4"}
+  assert set(metrics["ged_resampled"]) == {"1", "4"}
+  ref = metrics["ged_reference"]
+  assert ref["set"]["4"] <= ref["iid"]["4"] < ref["iid"]["1"]
   assert len(metrics["mode_freq_true"]) == 4 and abs(sum(metrics["mode_freq_true"]) - 1) < 1e-5
   assert abs(sum(metrics["mode_freq_sampled"]["4"]) - 1) < 1e-6
   assert metrics["num_images"] == 8

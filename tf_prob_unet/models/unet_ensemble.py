@@ -82,13 +82,15 @@ class UNetEnsemble(common.SegmentationModel):
   def loss_terms(self, images, labels, seed, training=True):
     """The sum of the members' losses for one (per-replica) batch.
 
-    With `member_batch="split"` member k sees the k-th of K equal slices of the batch.
+    With `member_batch="split"` member k sees the k-th of K equal slices of the batch in training
+    calls; evaluation calls (`training=False`, e.g. the train binary's validation, whose last batch
+    can be of any size) score every member on the whole batch.
 
     Returns:
       A dict of scalars: `loss` (sum over members of CE + weight decay: what is minimised),
       `rec_loss` and `pixel_ce` (mean over members), `weight_decay_loss` (sum over members).
     """
-    if self.member_batch == "split":
+    if self.member_batch == "split" and training:
       batches = zip(tf.split(images, self.ensemble_size), tf.split(labels, self.ensemble_size))
     else:
       batches = [(images, labels)] * self.ensemble_size
