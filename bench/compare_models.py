@@ -184,9 +184,14 @@ def main():
     _pin_checkpoints(args, log)
   results = _evaluate_all(args, counts, log)
   n = str(max(counts))
+  member_batch = args.ensemble_member_batch
+  ensemble_config = os.path.join(args.output_dir, "unet_ensemble", "model_config.json")
+  if os.path.exists(ensemble_config):  # what the run used (e.g. with --skip_training)
+    with open(ensemble_config) as f:
+      member_batch = json.load(f)["kwargs"].get("member_batch", member_batch)
   record = {"bench": "compare_models", "train_seconds": seconds,
             "total_seconds": time.time() - start, "max_samples": args.max_samples,
-            "ensemble_member_batch": args.ensemble_member_batch,
+            "ensemble_member_batch": member_batch,
             "train_steps": {m: r["step"] for m, r in results.items()},
             "ged": {m: r["ged"] for m, r in results.items()},
             "mode_tv": {m: r.get("mode_tv") for m, r in results.items()},
