@@ -197,7 +197,7 @@ def main():
             "mode_tv": {m: r.get("mode_tv") for m, r in results.items()},
             "ged_mean_prediction": {m: r["ged_mean_prediction"] for m, r in results.items()},
             "ged_resampled": {m: r.get("ged_resampled") for m, r in results.items()},
-            "ged_reference": next(iter(results.values())).get("ged_reference")}
+            "ged_ideal": next(iter(results.values())).get("ged_ideal")}
   if "prob_unet" in results and len(results) > 1:
     record["prob_unet_best_ged"] = min(results, key=lambda m: results[m]["ged"][n]) == "prob_unet"
     if all("mode_tv" in r for r in results.values()):

@@ -100,7 +100,8 @@ def test_evaluate_writes_metrics_report_and_figures(tmp_path):
     assert all(np.isfinite(v) for v in metrics[key].values())
   assert set(metrics["diversity"]) == {"4"}
   assert set(metrics["ged_resampled"]) == {"1", "4"}
-  ref = metrics["ged_reference"]
+  assert metrics["conventions"]["ged_reference"].startswith("exact modes")
+  ref = metrics["ged_ideal"]
   assert ref["set"]["4"] <= ref["iid"]["4"] < ref["iid"]["1"]
   assert len(metrics["mode_freq_true"]) == 4 and abs(sum(metrics["mode_freq_true"]) - 1) < 1e-5
   assert abs(sum(metrics["mode_freq_sampled"]["4"]) - 1) < 1e-6

@@ -91,73 +91,6 @@ def _nanmean(x):
   return float(np.nanmean(x)) if np.any(np.isfinite(x)) else float("nan")
 
 
-def _stratified_counts(probs, n):
-  """Largest-remainder allocation of `n` draws to modes: `[B, K]` int counts summing to `n`."""
-  quota = probs / probs.sum(axis=1, keepdims=True) * n
-  counts = np.floor(quota).astype(np.int64)
-  order = np.argsort(-(quota - counts), axis=1, kind="stable")
-  short = n - counts.sum(axis=1)
-  for b in range(len(probs)):
-    counts[b, order[b, :short[b]]] += 1
-  return counts
-
-
-def reference_geds(modes, mode_probs, counts, seed=0, draws=4, **kw):
-  """GED_n of two ideal "models" that know the true modes: reference values for a dataset.
-
-  * `iid`: n independent draws from the true mode distribution (a perfect sampler, like the
-    Probabilistic U-Net at its best), averaged over `draws` seeded repetitions;
-  * `set`: the modes repeated in proportion to their probabilities (largest remainder), a fixed
-    set of n masks such as M-Heads or an ensemble at their best.
-
-  With the V-statistic both tend to 0 as n grows, but at small n the fixed set scores lower:
-  `E[d(S, S')]` over pairs including `i = i'` is larger for a set that covers the modes in exact
-  proportions than for iid draws, which repeat modes by chance.
-
-  Args:
-    modes: `[B, K, H, W]` masks; mode_probs: `[B, K]`.
-    counts: sample counts n.
-    kw: `metrics.ged` keyword arguments.
-
-  Returns:
-    `{"iid": {str(n): GED}, "set": {str(n): GED}}`.
-  """
-  rng = np.random.default_rng(seed)
-  probs = np.asarray(mode_probs, np.float64)
-  probs = probs / probs.sum(axis=1, keepdims=True)
-  out = {"iid": {}, "set": {}}
-  for n in counts:
-    values = []
-    for _ in range(draws):
-      u = rng.random((len(probs), n, 1))
-      picks = (u > np.cumsum(probs, axis=1)[:, None, :]).sum(axis=2)
-      picks = np.minimum(picks, probs.shape[1] - 1)
-      values.append(_nanmean(metrics.ged(
-          np.take_along_axis(modes, picks[:, :, None, None], axis=1), modes, probs, **kw)))
-    out["iid"][str(n)] = float(np.mean(values))
-    per_mode = _stratified_counts(probs, n)
-    picks = np.stack([np.repeat(np.arange(probs.shape[1]), c) for c in per_mode])
-    out["set"][str(n)] = _nanmean(metrics.ged(
-        np.take_along_axis(modes, picks[:, :, None, None], axis=1), modes, probs, **kw))
-  return out
-
-
-def resampled_ged(samples, references, weights, counts, seed=0, **kw):
-  """GED_n of n draws with replacement from each image's samples: `{str(n): GED}`.
-
-  For a model whose samples are a fixed ordered set (M-Heads' heads, an ensemble's members) this
-  scores it used as a sampler (uniform over its members), the way the Probabilistic U-Net's
-  samples are drawn, instead of as a set.
-  """
-  rng = np.random.default_rng(seed)
-  out = {}
-  for n in counts:
-    picks = rng.integers(0, samples.shape[1], (len(samples), n))
-    out[str(n)] = _nanmean(metrics.ged(np.take_along_axis(samples, picks[:, :, None, None],
-                                                          axis=1), references, weights, **kw))
-  return out
-
-
 def score(data, spec, num_samples, seed=0):
   """All measures for the drawn samples. Returns the metrics dict (see the module docstring)."""
   counts = sorted(int(n) for n in num_samples)
@@ -187,11 +120,10 @@ def score(data, spec, num_samples, seed=0):
           s, graders, num_classes=spec.num_classes, ignore_index=kw["ignore_index"]))
   mean_pred = data["mean_prediction"][:, None].astype(np.int64)
   result["ged_mean_prediction"] = _nanmean(metrics.ged(mean_pred, gt, gt_w, **kw))
-  result["ged_resampled"] = resampled_ged(samples, gt, gt_w, counts, seed, **kw)
+  result["ged_resampled"] = metrics.resampled_ged(samples, gt, gt_w, counts, seed=seed, **kw)
   if has_modes:
-    result["ged_reference"] = reference_geds(data["modes"].astype(np.int64), data["mode_probs"],
-                                             counts, seed, **kw)
-  if has_modes:
+    result["ged_ideal"] = metrics.ideal_geds(data["modes"], data["mode_probs"], counts,
+                                             seed=seed, **kw)
     stats = metrics.mode_statistics(samples, data["modes"], data["mode_probs"],
                                     num_samples=counts, seed=seed, **kw)
     for key in ("mode_tv", "mode_tv_per_image", "mode_tv_per_image_floor", "mode_freq_sampled"):
@@ -217,7 +149,7 @@ def score(data, spec, num_samples, seed=0):
       "ged_mean_prediction": "the prior-mean prediction as one deterministic sample",
       "ged_resampled": "n draws with replacement from the model's largest sample set (a fixed "
                        "set of heads or members used as a sampler)",
-      "ged_reference": "where modes are known: GED of n iid draws from the true modes ('iid', "
+      "ged_ideal": "where modes are known: GED of n iid draws from the true modes ('iid', "
                        "a perfect sampler) and of the modes repeated in proportion ('set')",
   }
   return result
@@ -238,8 +170,8 @@ def report_markdown(results, counts):
         [f"{r['hm_iou'][str(n)]:.4f}" for n in counts] + [f"{r['ged_mean_prediction']:.4f}"]
     lines.append("| " + " | ".join(row) + " |")
   first = next(iter(results.values()))
-  if "ged_reference" in first:
-    ref = first["ged_reference"]
+  if "ged_ideal" in first:
+    ref = first["ged_ideal"]
     for kind, what in (("iid", "ideal sampler (iid true modes)"),
                        ("set", "ideal set (modes in proportion)")):
       lines.append("| " + " | ".join([what, ""] + [f"{ref[kind][str(n)]:.4f}" for n in counts] +
@@ -292,8 +224,8 @@ def summary_table(label, result, counts):
       row += (f"  {result['mode_tv'][k]:7.4f}  {result['mode_tv_per_image'][k]:11.4f}  "
               f"{result['mode_tv_per_image_floor'][k]:9.4f}")
     lines.append(row)
-  if "ged_reference" in result:
-    ref = result["ged_reference"]
+  if "ged_ideal" in result:
+    ref = result["ged_ideal"]
     lines.append("GED of ideal models (true modes): iid sampler " + ", ".join(
         f"{ref['iid'][str(n)]:.4f}" for n in counts) + "; set in proportion " + ", ".join(
             f"{ref['set'][str(n)]:.4f}" for n in counts))

@@ -91,6 +91,8 @@ __all__ = [
     "s_ncc",
     "assign_modes",
     "mode_statistics",
+    "ideal_geds",
+    "resampled_ged",
     "pixel_flip_rates",
 ]
 
@@ -711,6 +713,17 @@ def assign_modes(samples, modes, mode_probs, *, num_classes=2, class_ids=None, i
   return np.argmin(key, axis=-1).astype(np.int64)
 
 
+def _draw_modes(cdf, n, rng):
+  """`[B, n]` mode indices drawn per image by inverse CDF from `cdf` `[B, M]` (ending at 1)."""
+  u = rng.random((cdf.shape[0], n))
+  return np.minimum((u[..., None] >= cdf[:, None, :]).sum(axis=-1), cdf.shape[1] - 1)
+
+
+def _normalised_cdf(p):
+  cdf = np.cumsum(p, axis=1)
+  return cdf / cdf[:, -1:]  # exactly 1 at the end, so u in [0, 1) never selects trailing padding
+
+
 def _per_image_tv(counts, n, p):
   """`[..., B]` total variation between per-image frequencies `counts / n` and `p` `[B, M]`."""
   return 0.5 * np.abs(counts / n - p).sum(axis=-1)
@@ -763,8 +776,7 @@ def mode_statistics(samples, modes, mode_probs, *, num_samples=(1, 4, 8, 16), nu
   num_modes = np.shape(modes)[1]
   p = _check_weights(mode_probs, batch, num_modes, "mode_probs")
   true = p.mean(axis=0)
-  cdf = np.cumsum(p, axis=1)
-  cdf /= cdf[:, -1:]  # exactly 1 at the end, so u in [0, 1) never selects trailing padding
+  cdf = _normalised_cdf(p)
   offsets = (np.arange(batch) * num_modes)[:, None]
 
   result = {"mode_freq_true": true.tolist(), "mode_freq_sampled": {}, "mode_tv": {},
@@ -779,8 +791,7 @@ def mode_statistics(samples, modes, mode_probs, *, num_samples=(1, 4, 8, 16), nu
     rng = np.random.default_rng([seed, n])
     floor = 0.0
     for _ in range(floor_repeats):
-      u = rng.random((batch, n))
-      drawn = np.minimum((u[..., None] >= cdf[:, None, :]).sum(axis=-1), num_modes - 1)
+      drawn = _draw_modes(cdf, n, rng)
       sim = np.bincount((drawn + offsets).ravel(), minlength=batch * num_modes)
       floor += _per_image_tv(sim.reshape(batch, num_modes), n, p).mean() / floor_repeats
     result["mode_freq_sampled"][key] = pooled.tolist()
@@ -789,6 +800,75 @@ def mode_statistics(samples, modes, mode_probs, *, num_samples=(1, 4, 8, 16), nu
     result["mode_tv_per_image_floor"][key] = float(floor)
     result["per_image_tv"][key] = per_image.tolist()
   return result
+
+
+def _stratified_counts(p, n):
+  """Largest-remainder allocation of `n` draws to modes: `[B, M]` int counts summing to `n`."""
+  quota = p * n
+  counts = np.floor(quota).astype(np.int64)
+  order = np.argsort(-(quota - counts), axis=1, kind="stable")
+  short = n - counts.sum(axis=1)
+  for b in range(len(p)):
+    counts[b, order[b, :short[b]]] += 1
+  return counts
+
+
+def ideal_geds(modes, mode_probs, num_samples, *, draws=4, seed=0, **ged_kwargs):
+  """GED_n of two ideal "models" that know the true modes: reference values for a dataset.
+
+  * `iid`: n independent draws from the true mode distribution (a perfect sampler, like the
+    Probabilistic U-Net at its best), averaged over `draws` seeded repetitions;
+  * `set`: the modes repeated in proportion to their probabilities (largest remainder), a fixed
+    set of n masks such as M-Heads or an ensemble at their best.
+
+  With the V-statistic both tend to 0 as n grows, but at small n the fixed set scores lower:
+  `E[d(S, S')]` over pairs including `i = i'` is larger for a set that covers the modes in exact
+  proportions than for iid draws, which repeat modes by chance.
+
+  Args:
+    modes: `[B, M, H, W]` ground-truth modes.
+    mode_probs: `[B, M]` (or `[M]`) probabilities, rows summing to 1.
+    num_samples: sample counts n.
+    draws: repetitions of the iid simulation.
+    seed: seed of the `numpy.random.Generator` of the simulation.
+    ged_kwargs: `ged` keyword arguments (`num_classes`, `class_ids`, `ignore_index`).
+
+  Returns:
+    `{"iid": {str(n): GED}, "set": {str(n): GED}}`, GED averaged over the images.
+  """
+  modes = np.asarray(modes)
+  p = _check_weights(mode_probs, modes.shape[0], modes.shape[1], "mode_probs")
+  cdf = _normalised_cdf(p)
+  rng = np.random.default_rng(seed)
+
+  def score(picks):  # [B, n] mode indices -> mean GED of those masks as the samples
+    chosen = np.take_along_axis(modes, picks[:, :, None, None], axis=1)
+    return float(np.nanmean(ged(chosen, modes, p, **ged_kwargs)))
+
+  out = {"iid": {}, "set": {}}
+  for n in (int(n) for n in num_samples):
+    out["iid"][str(n)] = float(np.mean([score(_draw_modes(cdf, n, rng)) for _ in range(draws)]))
+    out["set"][str(n)] = score(np.stack(
+        [np.repeat(np.arange(p.shape[1]), c) for c in _stratified_counts(p, n)]))
+  return out
+
+
+def resampled_ged(samples, references, reference_weights, num_samples, *, seed=0,
+                  **ged_kwargs):
+  """GED_n of n draws with replacement from each image's samples: `{str(n): mean GED}`.
+
+  For a model whose samples are a fixed ordered set (M-Heads' heads, an ensemble's members) this
+  scores it used as a sampler (uniform over its members), the way the Probabilistic U-Net's
+  samples are drawn, instead of as a set. Arguments as in `ged`.
+  """
+  samples = np.asarray(samples)
+  rng = np.random.default_rng(seed)
+  out = {}
+  for n in (int(n) for n in num_samples):
+    picks = rng.integers(0, samples.shape[1], (samples.shape[0], n))
+    chosen = np.take_along_axis(samples, picks[:, :, None, None], axis=1)
+    out[str(n)] = float(np.nanmean(ged(chosen, references, reference_weights, **ged_kwargs)))
+  return out
 
 
 def pixel_flip_rates(samples, labels, flips, *, class_names=None):
