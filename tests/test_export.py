@@ -170,6 +170,10 @@ def test_saved_model_layout_signatures_and_info(tiny_export):
   assert outputs["predict_mean"]["logits"] == ("float32", [None, None, None, k])
   assert set(outputs["uncertainty"]) == {"frequencies", "entropy", "variance", "noise"}
   assert outputs["encoder"]["features"] == ("float32", [None, None, None, TINY_CHANNELS[0]])
+  # TensorFlow ops only: TF Serving cannot load this package's native kernel library.
+  with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+    graph_bytes = f.read()
+  assert b"StatefulPartitionedCall" in graph_bytes and b"ProbUnetFcombSample" not in graph_bytes
   info = export_lib.read_info(path)
   assert info["model"] == "prob_unet" and info["step"] == 3
   assert info["input_shape"] == [32, 32, 1] and info["latent_dim"] == n

@@ -150,7 +150,7 @@ def encoder_outputs(model, images):
 
 def combiner_logits(model, features, z):
   """The per-sample half: logits `[B, H, W, K]` from `encoder_outputs` features and z `[B, N]`."""
-  return model.fcomb.combine(features, z[:, tf.newaxis])[:, 0]
+  return model.fcomb.combine(features, z[:, tf.newaxis], native=False)[:, 0]
 
 
 def check_exportable(model, name="model"):
@@ -162,6 +162,9 @@ def check_exportable(model, name="model"):
 
 def serving_functions(model, channels):
   """The signature functions of a SavedModel export, keyed by signature name.
+
+  They use f_comb's TensorFlow ops (`native=False`): TF Serving and the TFLite converter cannot
+  load this package's native kernel library.
 
   Args:
     model: a built `ProbUNet`.
@@ -178,7 +181,7 @@ def serving_functions(model, channels):
   def drawn(images, num_samples):
     x = preprocess(images, channels)
     noise = _fresh_noise(tf.shape(x)[0], _check_num_samples(num_samples), n)
-    return class_outputs(model.sample_from_noise(x, noise)), noise
+    return class_outputs(model.sample_from_noise(x, noise, native=False)), noise
 
   def sample(images, num_samples):
     out, noise = drawn(images, num_samples)
@@ -186,7 +189,7 @@ def serving_functions(model, channels):
 
   def sample_with_noise(images, noise):
     x = preprocess(images, channels)
-    return class_outputs(model.sample_from_noise(x, _check_noise(noise, x, n)))
+    return class_outputs(model.sample_from_noise(x, _check_noise(noise, x, n), native=False))
 
   def predict_mean(images):
     return class_outputs(model.predict_prior_mean(preprocess(images, channels)))

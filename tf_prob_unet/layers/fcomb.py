@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from tf_prob_unet import native as native_kernels
 from tf_prob_unet.layers import initializers
 
 
@@ -71,7 +72,7 @@ class FComb(keras.layers.Layer):
     kernel = tf.convert_to_tensor(first.kernel)[:self.feature_channels]
     return _dense_last_axis(features, kernel, tf.convert_to_tensor(first.bias))
 
-  def combine(self, projected, z, labels_only=False):
+  def combine(self, projected, z, labels_only=False, native=None):
     """Logits for M latents per image from `project_features`' output.
 
     With M > 1 the per-sample part runs image by image and sample by sample (`tf.map_fn` over the
@@ -85,6 +86,11 @@ class FComb(keras.layers.Layer):
       labels_only: return the arg-max labels `[B, M, H, W]` int32 instead of the logits,
         computed chunk by chunk (no `[B, M, H, W, K]` tensor is materialised). For two classes
         the label is `l1 - l0 > 0`, which equals the arg-max, ties included.
+      native: run the per-sample part as the fused C++ kernel of `tf_prob_unet.native` (about
+        1.5x faster on CPU; no gradient, and a graph holding it needs that library to load).
+        None (default) uses it when it is available, the inputs are float32 and no GPU is
+        visible; False always uses TensorFlow ops (training, exports); True requires it. Both
+        compute the same arithmetic; float summation order differs (logits agree to ~1e-6).
 
     Returns:
       `[B, M, H, W, num_classes]` logits, or `[B, M, H, W]` int32 labels.
@@ -103,6 +109,13 @@ class FComb(keras.layers.Layer):
     shape = tf.shape(projected)
     batch, height, width = shape[0], shape[1], shape[2]
     pixels = tf.reshape(projected, [batch, height * width, self.channels])
+    out_shape = [batch, -1, height, width] + ([] if labels_only else [self.num_classes])
+
+    fused = self._native_op(native, projected.dtype)
+    if fused is not None:
+      out = fused(pixels, z_part, [k for k, _ in kernels], [b for _, b in kernels],
+                  logits_kernel, logits_bias, out_type=tf.int32 if labels_only else tf.float32)
+      return tf.reshape(out, out_shape)
 
     def mlp(p, zp):
       # p: [..., P, channels]; zp: [..., 1, channels] -> logits [..., P, K], as 2-D matmuls so
@@ -117,7 +130,6 @@ class FComb(keras.layers.Layer):
         return tf.argmax(out, axis=-1, output_type=tf.int32)
       return out
 
-    out_shape = [batch, -1, height, width] + ([] if labels_only else [self.num_classes])
     if z.shape[1] == 1:
       return tf.reshape(mlp(pixels, z_part), out_shape)
     num = tf.shape(z_part)[1]
@@ -131,11 +143,28 @@ class FComb(keras.layers.Layer):
                     parallel_iterations=2)
     return tf.reshape(out, out_shape)
 
+  @staticmethod
+  def _native_op(native, dtype):
+    """The fused op to use for `combine(native=...)`, or None for TensorFlow ops."""
+    if native is False:
+      return None
+    op = native_kernels.fcomb_sample_op()
+    if native is None:
+      usable = dtype == tf.float32 and not tf.config.list_logical_devices("GPU")
+      return op if usable else None
+    if op is None or dtype != tf.float32:
+      raise ValueError(
+          f"FComb.combine: native=True needs the native f_comb kernel and float32 inputs; found "
+          f"kernel {'unavailable (see the log)' if op is None else 'available'} and "
+          f"dtype {dtype.name}.")
+    return op
+
   def call(self, features, z):
     single = len(z.shape) == 2
     if single:
       z = z[:, tf.newaxis]
-    logits = self.combine(self.project_features(features), z)
+    # The layer call is the training path: TensorFlow ops, which have gradients.
+    logits = self.combine(self.project_features(features), z, native=False)
     return logits[:, 0] if single else logits
 
   def get_config(self):

@@ -129,7 +129,7 @@ class ProbUNet(common.SegmentationModel):
         tf.stack([tf.shape(images)[0], num_samples, self.latent_dim]), seed)
     return self.sample_from_noise(images, noise, labels_only=labels_only)
 
-  def sample_from_noise(self, images, noise, labels_only=False):
+  def sample_from_noise(self, images, noise, labels_only=False, native=None):
     """Prior samples for given standard-normal noise: `z = mu + sigma * noise`.
 
     The deterministic core of `sample` (which draws the noise), for reproducible serving.
@@ -138,6 +138,8 @@ class ProbUNet(common.SegmentationModel):
       images: `[B, H, W, C]` float images.
       noise: `[B, M, N]` standard-normal draws.
       labels_only: return arg-max labels instead of logits.
+      native: `FComb.combine`'s choice of the fused C++ kernel (None: where available;
+        False: TensorFlow ops only, as exports need).
 
     Returns:
       Logits `[B, M, H, W, K]`, or `[B, M, H, W]` int32 labels with `labels_only`.
@@ -145,7 +147,8 @@ class ProbUNet(common.SegmentationModel):
     features = self.unet(images, training=False)
     mu, log_sigma = self.prior_net.params(images, training=False)
     z = mu[:, tf.newaxis] + tf.exp(log_sigma)[:, tf.newaxis] * tf.cast(noise, mu.dtype)
-    return self.fcomb.combine(self.fcomb.project_features(features), z, labels_only=labels_only)
+    return self.fcomb.combine(self.fcomb.project_features(features), z, labels_only=labels_only,
+                              native=native)
 
   def sample_logits(self, images, num_samples=1, seed=None):
     """Logits of `num_samples` prior samples per image, `[B, M, H, W, K]`.

@@ -1,0 +1,132 @@
+"""Native (C++) kernels, compiled on first use for the machine that runs them.
+
+One kernel so far: `ProbUnetFcombSample` (`fcomb_sample_op.cc`), the per-sample part of f_comb
+fused over tiles of pixels, used by `FComb.combine` when sampling on CPU. TensorFlow's pip
+build runs its own (Eigen) kernels without AVX2/FMA and runs f_comb's small ops one by one over
+whole tensors; the fused kernel is about 1.5x faster per sample (BUILD.md, "Sampling").
+
+The library is compiled with the C++ compiler (`$CXX`, default `g++`), TensorFlow's own compile
+and link flags and `-O3 -march=native`, into a cache directory (`$TF_PROB_UNET_CACHE`, default
+`~/.cache/tf_prob_unet`) under a name that hashes the source, the TensorFlow version, the flags
+and the CPU's feature flags, so a shared home directory never hands a library to the wrong
+machine or TensorFlow. The first build takes about 10-20 s; `make install` (and so `make demo`
+and `make test`) runs it once with `python -m tf_prob_unet.native`.
+
+Without a compiler, or with `TF_PROB_UNET_NATIVE=0`, `fcomb_sample_op()` returns None and
+f_comb uses its TensorFlow ops (same arithmetic, slower); a failed build logs one warning with
+the compiler's last lines.
+"""
+
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+
+import tensorflow as tf
+
+_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fcomb_sample_op.cc")
+_CXX_FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-Wno-deprecated-declarations"]
+_LOCK = threading.Lock()
+
+logger = logging.getLogger(__name__)
+
+
+def enabled():
+  """False when the environment turns the native kernels off (`TF_PROB_UNET_NATIVE=0`)."""
+  return os.environ.get("TF_PROB_UNET_NATIVE", "1").strip().lower() not in ("0", "false", "no")
+
+
+def cache_dir():
+  """Where compiled libraries go: `$TF_PROB_UNET_CACHE`, else `~/.cache/tf_prob_unet`."""
+  return os.environ.get("TF_PROB_UNET_CACHE") or os.path.join(
+      os.path.expanduser("~"), ".cache", "tf_prob_unet")
+
+
+def _cpu_flags():
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("flags"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor()
+
+
+def _build_command(source, output):
+  compiler = os.environ.get("CXX", "g++")
+  return ([compiler] + _CXX_FLAGS + [source, "-o", output] + tf.sysconfig.get_compile_flags()
+          + tf.sysconfig.get_link_flags())
+
+
+def library_path(source=_SOURCE):
+  """The cache path of the library built from `source` for this machine and TensorFlow."""
+  with open(source, "rb") as f:
+    digest = hashlib.sha256(f.read())
+  digest.update(" ".join(_build_command("SRC", "OUT")).encode())
+  digest.update(tf.__version__.encode())
+  digest.update(_cpu_flags().encode())
+  name = os.path.splitext(os.path.basename(source))[0]
+  return os.path.join(cache_dir(), f"{name}_{digest.hexdigest()[:16]}.so")
+
+
+def build(source=_SOURCE):
+  """Compiles `source` into the cache unless it is there; returns the library's path.
+
+  The library is written to a temporary file beside its target and renamed into place, so a
+  concurrent or interrupted build never leaves a partial library under the final name.
+
+  Raises:
+    RuntimeError: the compiler is missing or fails (the message ends with its last lines).
+  """
+  path = library_path(source)
+  if os.path.exists(path):
+    return path
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  compiler = os.environ.get("CXX", "g++")
+  if shutil.which(compiler) is None:
+    raise RuntimeError(f"native kernels: the C++ compiler {compiler!r} ($CXX) was not found.")
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".build-", suffix=".so")
+  os.close(fd)
+  try:
+    result = subprocess.run(_build_command(source, tmp), capture_output=True, text=True)
+    if result.returncode != 0:
+      tail = "\n".join(result.stderr.strip().splitlines()[-15:])
+      raise RuntimeError(f"native kernels: compiling {source} failed "
+                         f"(exit {result.returncode}):\n{tail}")
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return path
+
+
+@functools.lru_cache(maxsize=None)
+def _load(source):
+  """`(library, None)`, or `(None, error message)`; cached, so a failed build is not retried."""
+  with _LOCK:
+    try:
+      return tf.load_op_library(build(source)), None
+    except (RuntimeError, OSError, tf.errors.NotFoundError) as e:
+      logger.warning("%s\nf_comb falls back to TensorFlow ops (slower sampling); set "
+                     "TF_PROB_UNET_NATIVE=0 to silence this.", e)
+      return None, str(e)
+
+
+def fcomb_sample_op():
+  """The `ProbUnetFcombSample` op function, or None where native kernels are off or unbuildable.
+
+  The op (see `fcomb_sample_op.cc`) takes `projected [B, P, C]`, `z_part [B, M, C]`, the
+  hidden kernels `[C, C]` and biases `[C]` after the first layer, the logits kernel `[C, K]` and
+  bias `[K]`, and returns logits `[B, M, P, K]` (`out_type=tf.float32`) or labels `[B, M, P]`
+  (`out_type=tf.int32`: the first arg-max, or `logit > 0` for K = 1). CPU only, no gradient.
+  """
+  if not enabled():
+    return None
+  library, _ = _load(_SOURCE)
+  return None if library is None else library.prob_unet_fcomb_sample
