@@ -24,12 +24,14 @@ def small_threshold(monkeypatch):
   monkeypatch.setattr(shifted_conv2d, "MIN_CHANNELS", 4)
 
 
+@pytest.mark.parametrize("native", [True, False])  # the C++ kernel gradient, or tap matmuls
 @pytest.mark.parametrize("channels_in,kernel_size,padding", [
     (8, 3, "same"), (16, 5, "same"), (12, (3, 1), "same"), (12, (1, 5), "same"),
     (2, 3, "same"),    # too few channels: Keras' own convolution
     (8, 3, "valid")])  # not SAME: Keras' own convolution
-def test_matches_keras_conv2d_forward_and_gradients(small_threshold, channels_in, kernel_size,
-                                                    padding):
+def test_matches_keras_conv2d_forward_and_gradients(small_threshold, monkeypatch, native,
+                                                    channels_in, kernel_size, padding):
+  monkeypatch.setenv("TF_PROB_UNET_NATIVE", "1" if native else "0")
   rng = np.random.default_rng(0)
   x = tf.constant(rng.normal(size=(3, 20, 17, channels_in)), tf.float32)
   kwargs = dict(filters=6, kernel_size=kernel_size, padding=padding, activation="relu")

@@ -3,6 +3,8 @@
 import keras
 import tensorflow as tf
 
+from tf_prob_unet import native
+
 # Below this many input or output channels the tap matmuls are too thin to beat TensorFlow's
 # kernel (measured per layer on this CPU; BUILD.md).
 MIN_CHANNELS = 32
@@ -68,6 +70,9 @@ def conv2d_same(inputs, kernel):
     def grad(dy):
       dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=k, out_backprop=dy,
                                           strides=[1, 1, 1, 1], padding="SAME")
+      op = native.conv_kernel_grad_op()
+      if op is not None and x.dtype == tf.float32 and not tf.config.list_logical_devices("GPU"):
+        return dx, op(x, dy, kernel_size=list(k.shape[:2]))
       return dx, kernel_gradient_by_offsets(x, dy, tuple(k.shape[:2]))
     return tf.nn.conv2d(x, k, 1, "SAME"), grad
 

@@ -29,7 +29,10 @@ import threading
 
 import tensorflow as tf
 
-_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fcomb_sample_op.cc")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_SOURCE = os.path.join(_HERE, "fcomb_sample_op.cc")
+_CONV_SOURCE = os.path.join(_HERE, "conv_kernel_grad_op.cc")
+SOURCES = (_SOURCE, _CONV_SOURCE)
 _CXX_FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-Wno-deprecated-declarations"]
 _LOCK = threading.Lock()
 
@@ -130,3 +133,16 @@ def fcomb_sample_op():
     return None
   library, _ = _load(_SOURCE)
   return None if library is None else library.prob_unet_fcomb_sample
+
+
+def conv_kernel_grad_op():
+  """The `ProbUnetConvKernelGrad` op function, or None where native kernels are off or unbuildable.
+
+  The op (see `conv_kernel_grad_op.cc`) takes `input [B, H, W, C_in]`, `grad_output
+  [B, H, W, C_out]` and the attribute `kernel_size=[kh, kw]` (odd), and returns the kernel
+  gradient `[kh, kw, C_in, C_out]` of the stride-1 SAME convolution. CPU only.
+  """
+  if not enabled():
+    return None
+  library, _ = _load(_CONV_SOURCE)
+  return None if library is None else library.prob_unet_conv_kernel_grad

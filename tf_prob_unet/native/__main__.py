@@ -9,10 +9,11 @@ def main():
   if not native.enabled():
     print("native kernels: off (TF_PROB_UNET_NATIVE=0)")
     return 0
-  try:
-    print(native.build())
-  except RuntimeError as e:
-    print(f"{e}\nnote: sampling will use TensorFlow ops (slower).", file=sys.stderr)
+  for source in native.SOURCES:
+    try:
+      print(native.build(source))
+    except RuntimeError as e:
+      print(f"{e}\nnote: TensorFlow ops will be used instead (slower).", file=sys.stderr)
   return 0
 
 
