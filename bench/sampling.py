@@ -35,7 +35,7 @@ def main():
   t_sample = {}
   for m in COUNTS:
     fn = tf.function(lambda x, m=m: model.sample(x, m, seed=seed))
-    t_sample[m] = timeit(lambda fn=fn: fn(images).numpy(), repeats=3 if m == 100 else 7, best=True)
+    t_sample[m] = timeit(lambda fn=fn: fn(images).numpy(), repeats=5 if m == 100 else 7, best=True)
   # The same draws with f_comb's TensorFlow ops instead of the native kernel (what exports run).
   noise = tf.random.stateless_normal([BATCH, 100, model.latent_dim], seed=[0, 1])
   tf_ops100 = tf.function(
