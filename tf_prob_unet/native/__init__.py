@@ -18,6 +18,7 @@ the compiler's last lines.
 """
 
 import functools
+import glob
 import hashlib
 import logging
 import os
@@ -69,8 +70,12 @@ def _build_command(source, output):
 
 def library_path(source=_SOURCE):
   """The cache path of the library built from `source` for this machine and TensorFlow."""
-  with open(source, "rb") as f:
-    digest = hashlib.sha256(f.read())
+  digest = hashlib.sha256()
+  # The source and the headers beside it (op_common.h), so that editing either rebuilds.
+  headers = sorted(glob.glob(os.path.join(os.path.dirname(source), "*.h")))
+  for path in [source] + headers:
+    with open(path, "rb") as f:
+      digest.update(f.read())
   digest.update(" ".join(_build_command("SRC", "OUT")).encode())
   digest.update(tf.__version__.encode())
   digest.update(_cpu_flags().encode())

@@ -14,34 +14,11 @@
 // output element is summed by one thread in one fixed order: the result does not depend on the
 // thread count and is the same on every call.
 
-#include <algorithm>
-#include <cstdint>
-#include <cstring>
-#include <vector>
-
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define PROB_UNET_AVX2 1
-#endif
-
-#include "tensorflow/core/framework/op.h"
-#include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/shape_inference.h"
-#include "tensorflow/core/framework/tensor.h"
-#include "tensorflow/core/util/work_sharder.h"
+#include "op_common.h"
 
 namespace tf_prob_unet {
 namespace {
 
-using ::tensorflow::DEVICE_CPU;
-using ::tensorflow::OpKernel;
-using ::tensorflow::OpKernelConstruction;
-using ::tensorflow::OpKernelContext;
-using ::tensorflow::Tensor;
-using ::tensorflow::TensorShape;
-using ::tensorflow::errors::InvalidArgument;
-
-constexpr int kRowBlock = 6;       // input channels per register block
 constexpr int64_t kChunkRows = 128;  // pixels per cache chunk (whole image rows, at least one)
 
 // acc[q, 8 * v + c] += sum over segments s < segs and pixels w < len of

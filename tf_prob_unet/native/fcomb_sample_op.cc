@@ -13,36 +13,11 @@
 // Output: out_type float -> logits [B, M, P, K]; out_type int32 -> labels [B, M, P], the first
 // arg-max over K, or for K == 1 (a two-class logit difference l1 - l0) the label (out > 0).
 
-#include <algorithm>
-#include <cstdint>
-#include <cstring>
-#include <vector>
-
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define PROB_UNET_AVX2 1
-#endif
-
-#include "tensorflow/core/framework/op.h"
-#include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/shape_inference.h"
-#include "tensorflow/core/framework/tensor.h"
-#include "tensorflow/core/util/work_sharder.h"
+#include "op_common.h"
 
 namespace tf_prob_unet {
 namespace {
 
-using ::tensorflow::DataType;
-using ::tensorflow::DEVICE_CPU;
-using ::tensorflow::OpInputList;
-using ::tensorflow::OpKernel;
-using ::tensorflow::OpKernelConstruction;
-using ::tensorflow::OpKernelContext;
-using ::tensorflow::Tensor;
-using ::tensorflow::TensorShape;
-using ::tensorflow::errors::InvalidArgument;
-
-constexpr int kRowBlock = 6;                  // rows of one register block
 constexpr int kTileRows = 16 * kRowBlock;     // pixels per tile (96)
 
 inline int64_t RoundUp8(int64_t n) { return (n + 7) / 8 * 8; }
