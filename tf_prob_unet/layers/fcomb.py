@@ -75,7 +75,8 @@ class FComb(keras.layers.Layer):
   def combine(self, projected, z, labels_only=False, native=None):
     """Logits for M latents per image from `project_features`' output.
 
-    With M > 1 the per-sample part runs image by image and sample by sample (`tf.map_fn` over the
+    On CPU the per-sample part is one fused native kernel over tiles of pixels (`native`).
+    Otherwise, with M > 1, it runs image by image and sample by sample (`tf.map_fn` over the
     B * M pairs), so its intermediates (`[H * W, channels]`) stay in cache instead of
     materialising `[B, M, H, W, channels]` tensors; on a 2-core CPU this is about 5x faster for
     M = 100 at 128x128 and needs far less memory. The arithmetic is the same.
@@ -150,8 +151,7 @@ class FComb(keras.layers.Layer):
       return None
     op = native_kernels.fcomb_sample_op()
     if native is None:
-      usable = dtype == tf.float32 and not tf.config.list_logical_devices("GPU")
-      return op if usable else None
+      return op if native_kernels.applies(dtype) else None
     if op is None or dtype != tf.float32:
       raise ValueError(
           f"FComb.combine: native=True needs the native f_comb kernel and float32 inputs; found "

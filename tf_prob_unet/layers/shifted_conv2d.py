@@ -1,4 +1,4 @@
-"""A 2-D convolution whose kernel gradient is computed as matmuls over offset views of its input."""
+"""A 2-D convolution with a faster kernel gradient: a native op, or matmuls over offset views."""
 
 import keras
 import tensorflow as tf
@@ -71,7 +71,7 @@ def conv2d_same(inputs, kernel):
       dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=k, out_backprop=dy,
                                           strides=[1, 1, 1, 1], padding="SAME")
       op = native.conv_kernel_grad_op()
-      if op is not None and x.dtype == tf.float32 and not tf.config.list_logical_devices("GPU"):
+      if op is not None and native.applies(x.dtype):
         return dx, op(x, dy, kernel_size=list(k.shape[:2]))
       return dx, kernel_gradient_by_offsets(x, dy, tuple(k.shape[:2]))
     return tf.nn.conv2d(x, k, 1, "SAME"), grad
@@ -84,10 +84,12 @@ class ShiftedConv2D(keras.layers.Conv2D):
   """`keras.layers.Conv2D` with a faster kernel gradient for stride-1 SAME odd-sized kernels.
 
   The forward pass, the variables, the config and the input gradient are those of
-  `keras.layers.Conv2D`; only the kernel gradient is computed by `kernel_gradient_by_offsets`, and
-  only in training calls (`training=True`), so inference and exported graphs hold a plain Conv2D. Other
-  settings (strides, dilation, VALID padding, even kernels, channels_first, fewer than
-  `MIN_CHANNELS` input or output channels) use Keras' own convolution.
+  `keras.layers.Conv2D`; only the kernel gradient is computed here, by the native op
+  `ProbUnetConvKernelGrad` (`tf_prob_unet/native`, on CPU where it builds) or else by
+  `kernel_gradient_by_offsets`, and only in training calls (`training=True`), so inference and
+  exported graphs hold a plain Conv2D. Other settings (strides, dilation, VALID padding, even
+  kernels, channels_first, fewer than `MIN_CHANNELS` input or output channels) use Keras' own
+  convolution.
   """
 
   def _uses_shifts(self, inputs):

@@ -1,20 +1,25 @@
 """Native (C++) kernels, compiled on first use for the machine that runs them.
 
-One kernel so far: `ProbUnetFcombSample` (`fcomb_sample_op.cc`), the per-sample part of f_comb
-fused over tiles of pixels, used by `FComb.combine` when sampling on CPU. TensorFlow's pip
-build runs its own (Eigen) kernels without AVX2/FMA and runs f_comb's small ops one by one over
-whole tensors; the fused kernel is about 1.5x faster per sample (BUILD.md, "Sampling").
+Two custom ops, both CPU-only and float32 (`applies`):
+- `ProbUnetFcombSample` (`fcomb_sample_op.cc`): the per-sample part of f_comb fused over tiles of
+  pixels, used by `FComb.combine` when sampling. TensorFlow's pip build runs its own (Eigen)
+  kernels without AVX2/FMA and runs f_comb's small ops one by one over whole tensors; the fused
+  kernel is about 1.5x faster per sample. No gradient.
+- `ProbUnetConvKernelGrad` (`conv_kernel_grad_op.cc`): the kernel gradient of a stride-1 SAME
+  convolution, used by `ShiftedConv2D` in training; deterministic (independent of the thread
+  count).
+BUILD.md ("Native kernels") has the measurements.
 
-The library is compiled with the C++ compiler (`$CXX`, default `g++`), TensorFlow's own compile
+Each library is compiled with the C++ compiler (`$CXX`, default `g++`), TensorFlow's own compile
 and link flags and `-O3 -march=native`, into a cache directory (`$TF_PROB_UNET_CACHE`, default
-`~/.cache/tf_prob_unet`) under a name that hashes the source, the TensorFlow version, the flags
+`~/.cache/tf_prob_unet`) under a name that hashes the source and its headers, the TensorFlow version, the flags
 and the CPU's feature flags, so a shared home directory never hands a library to the wrong
-machine or TensorFlow. The first build takes about 10-20 s; `make install` (and so `make demo`
+machine or TensorFlow. A build takes about 25 s; `make install` (and so `make demo`
 and `make test`) runs it once with `python -m tf_prob_unet.native`.
 
-Without a compiler, or with `TF_PROB_UNET_NATIVE=0`, `fcomb_sample_op()` returns None and
-f_comb uses its TensorFlow ops (same arithmetic, slower); a failed build logs one warning with
-the compiler's last lines.
+Without a compiler, or with `TF_PROB_UNET_NATIVE=0`, `fcomb_sample_op()` and
+`conv_kernel_grad_op()` return None and the callers use TensorFlow ops (same arithmetic, slower);
+a failed build logs one warning with the compiler's last lines.
 """
 
 import functools
@@ -43,6 +48,12 @@ logger = logging.getLogger(__name__)
 def enabled():
   """False when the environment turns the native kernels off (`TF_PROB_UNET_NATIVE=0`)."""
   return os.environ.get("TF_PROB_UNET_NATIVE", "1").strip().lower() not in ("0", "false", "no")
+
+
+def applies(dtype):
+  """True where the native kernels serve a computation in `dtype`: float32, and no GPU visible
+  (they are CPU kernels; a GPU would run TensorFlow's own ops better)."""
+  return dtype == tf.float32 and not tf.config.list_logical_devices("GPU")
 
 
 def cache_dir():
@@ -121,7 +132,7 @@ def _load(source):
     try:
       return tf.load_op_library(build(source)), None
     except (RuntimeError, OSError, tf.errors.NotFoundError) as e:
-      logger.warning("%s\nf_comb falls back to TensorFlow ops (slower sampling); set "
+      logger.warning("%s\nTensorFlow ops are used instead (slower); set "
                      "TF_PROB_UNET_NATIVE=0 to silence this.", e)
       return None, str(e)
 
