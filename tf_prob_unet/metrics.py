@@ -813,6 +813,13 @@ def _stratified_counts(p, n):
   return counts
 
 
+def _mean_ged_of_picks(pool, picks, references, reference_weights, **ged_kwargs):
+  """Mean GED over images of the masks `pool[b, picks[b]]` (`pool` `[B, K, H, W]`, `picks`
+  `[B, n]` indices) as each image's samples."""
+  chosen = np.take_along_axis(np.asarray(pool), picks[:, :, None, None], axis=1)
+  return float(np.nanmean(ged(chosen, references, reference_weights, **ged_kwargs)))
+
+
 def ideal_geds(modes, mode_probs, num_samples, *, draws=4, seed=0, **ged_kwargs):
   """GED_n of two ideal "models" that know the true modes: reference values for a dataset.
 
@@ -842,8 +849,7 @@ def ideal_geds(modes, mode_probs, num_samples, *, draws=4, seed=0, **ged_kwargs)
   rng = np.random.default_rng(seed)
 
   def score(picks):  # [B, n] mode indices -> mean GED of those masks as the samples
-    chosen = np.take_along_axis(modes, picks[:, :, None, None], axis=1)
-    return float(np.nanmean(ged(chosen, modes, p, **ged_kwargs)))
+    return _mean_ged_of_picks(modes, picks, modes, p, **ged_kwargs)
 
   out = {"iid": {}, "set": {}}
   for n in (int(n) for n in num_samples):
@@ -866,8 +872,8 @@ def resampled_ged(samples, references, reference_weights, num_samples, *, seed=0
   out = {}
   for n in (int(n) for n in num_samples):
     picks = rng.integers(0, samples.shape[1], (samples.shape[0], n))
-    chosen = np.take_along_axis(samples, picks[:, :, None, None], axis=1)
-    out[str(n)] = float(np.nanmean(ged(chosen, references, reference_weights, **ged_kwargs)))
+    out[str(n)] = _mean_ged_of_picks(samples, picks, references, reference_weights,
+                                     **ged_kwargs)
   return out
 
 

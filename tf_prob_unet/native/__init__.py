@@ -73,9 +73,12 @@ def _cpu_flags():
   return platform.processor()
 
 
+def _compiler():
+  return os.environ.get("CXX", "g++")
+
+
 def _build_command(source, output):
-  compiler = os.environ.get("CXX", "g++")
-  return ([compiler] + _CXX_FLAGS + [source, "-o", output] + tf.sysconfig.get_compile_flags()
+  return ([_compiler()] + _CXX_FLAGS + [source, "-o", output] + tf.sysconfig.get_compile_flags()
           + tf.sysconfig.get_link_flags())
 
 
@@ -107,9 +110,8 @@ def build(source=_SOURCE):
   if os.path.exists(path):
     return path
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  compiler = os.environ.get("CXX", "g++")
-  if shutil.which(compiler) is None:
-    raise RuntimeError(f"native kernels: the C++ compiler {compiler!r} ($CXX) was not found.")
+  if shutil.which(_compiler()) is None:
+    raise RuntimeError(f"native kernels: the C++ compiler {_compiler()!r} ($CXX) was not found.")
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".build-", suffix=".so")
   os.close(fd)
   try:
@@ -127,14 +129,20 @@ def build(source=_SOURCE):
 
 @functools.lru_cache(maxsize=None)
 def _load(source):
-  """`(library, None)`, or `(None, error message)`; cached, so a failed build is not retried."""
+  """The loaded library built from `source`, or None (cached: a failed build is not retried)."""
   with _LOCK:
     try:
-      return tf.load_op_library(build(source)), None
+      return tf.load_op_library(build(source))
     except (RuntimeError, OSError, tf.errors.NotFoundError) as e:
       logger.warning("%s\nTensorFlow ops are used instead (slower); set "
                      "TF_PROB_UNET_NATIVE=0 to silence this.", e)
-      return None, str(e)
+      return None
+
+
+def _op(source, name):
+  """Op function `name` of the library built from `source`, or None (off, or unbuildable)."""
+  library = _load(source) if enabled() else None
+  return None if library is None else getattr(library, name)
 
 
 def fcomb_sample_op():
@@ -145,10 +153,7 @@ def fcomb_sample_op():
   bias `[K]`, and returns logits `[B, M, P, K]` (`out_type=tf.float32`) or labels `[B, M, P]`
   (`out_type=tf.int32`: the first arg-max, or `logit > 0` for K = 1). CPU only, no gradient.
   """
-  if not enabled():
-    return None
-  library, _ = _load(_SOURCE)
-  return None if library is None else library.prob_unet_fcomb_sample
+  return _op(_SOURCE, "prob_unet_fcomb_sample")
 
 
 def conv_kernel_grad_op():
@@ -158,7 +163,4 @@ def conv_kernel_grad_op():
   [B, H, W, C_out]` and the attribute `kernel_size=[kh, kw]` (odd), and returns the kernel
   gradient `[kh, kw, C_in, C_out]` of the stride-1 SAME convolution. CPU only.
   """
-  if not enabled():
-    return None
-  library, _ = _load(_CONV_SOURCE)
-  return None if library is None else library.prob_unet_conv_kernel_grad
+  return _op(_CONV_SOURCE, "prob_unet_conv_kernel_grad")
