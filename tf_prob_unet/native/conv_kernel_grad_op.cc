@@ -10,9 +10,9 @@
 // The products accumulate in 6 x 16 register blocks (6 input channels x 16 output channels;
 // AVX2/FMA where the compiler targets it: the library is built with -march=native on the machine
 // that runs it) over chunks of about kChunkRows pixels (whole image rows), which stay in cache
-// while all taps and channel blocks read them. Threads split the input-channel blocks, so each
-// output element is summed by one thread in one fixed order: the result does not depend on the
-// thread count and is the same on every call.
+// while all taps and channel blocks read them. Threads split the (input block, output block
+// pair) units into runs of equal cost, so each output element is summed by one thread in one
+// fixed order: the result does not depend on the thread count and is the same on every call.
 
 #include "op_common.h"
 
@@ -92,39 +92,38 @@ void AccumulateBlock(int block_rows, const float* x, int64_t x_seg, const float*
 // Copies `src` [B, H, W, C] into the blocked layout `dst` [ceil(C / kRowBlock), B * Hp * Wp,
 // kRowBlock]: pixel (b, h, w) goes to position (b, h + top, w + left) of the Hp x Wp grid,
 // channel c to block c / kRowBlock, lane c % kRowBlock; everything else (borders, lanes past C)
-// is zero. Fills the padded image rows [start, limit) of the B * Hp rows.
+// is zero. Fills the padded image rows [start, limit) of the B * Hp rows, reading each source
+// pixel's channels once, in order.
 void PadToBlocks(const float* src, int64_t batch, int64_t height, int64_t width,
                  int64_t channels, float* dst, int64_t padded_height, int64_t padded_width,
                  int64_t top, int64_t left, int64_t start, int64_t limit) {
   const int64_t blocks = (channels + kRowBlock - 1) / kRowBlock;
+  const int64_t full = channels / kRowBlock, rest = channels - full * kRowBlock;
   const int64_t block_stride = batch * padded_height * padded_width * kRowBlock;
   const int64_t right = padded_width - width - left;
   for (int64_t row = start; row < limit; ++row) {
     const int64_t b = row / padded_height, h = row % padded_height - top;
-    const bool inside = h >= 0 && h < height;
-    const float* in = src + (b * height + (inside ? h : 0)) * width * channels;
-    for (int64_t k = 0; k < blocks; ++k) {
-      float* out = dst + k * block_stride + row * padded_width * kRowBlock;
-      if (!inside) {
-        std::memset(out, 0, sizeof(float) * padded_width * kRowBlock);
-        continue;
+    float* out = dst + row * padded_width * kRowBlock;  // block 0 of this row
+    if (h < 0 || h >= height) {
+      for (int64_t k = 0; k < blocks; ++k) {
+        std::memset(out + k * block_stride, 0, sizeof(float) * padded_width * kRowBlock);
       }
-      std::memset(out, 0, sizeof(float) * left * kRowBlock);
-      std::memset(out + (left + width) * kRowBlock, 0, sizeof(float) * right * kRowBlock);
-      const int64_t c0 = k * kRowBlock;
-      float* o = out + left * kRowBlock;
-      if (c0 + kRowBlock <= channels) {
-        for (int64_t w = 0; w < width; ++w) {
-          const float* i = in + w * channels + c0;
-#pragma GCC unroll 6
-          for (int q = 0; q < kRowBlock; ++q) o[w * kRowBlock + q] = i[q];
-        }
-      } else {
-        for (int64_t w = 0; w < width; ++w) {
-          for (int q = 0; q < kRowBlock; ++q) {
-            o[w * kRowBlock + q] = c0 + q < channels ? in[w * channels + c0 + q] : 0.0f;
-          }
-        }
+      continue;
+    }
+    for (int64_t k = 0; k < blocks; ++k) {
+      float* o = out + k * block_stride;
+      std::memset(o, 0, sizeof(float) * left * kRowBlock);
+      std::memset(o + (left + width) * kRowBlock, 0, sizeof(float) * right * kRowBlock);
+    }
+    const float* in = src + (b * height + h) * width * channels;
+    float* o = out + left * kRowBlock;
+    for (int64_t w = 0; w < width; ++w, in += channels, o += kRowBlock) {
+      for (int64_t k = 0; k < full; ++k) {
+        std::memcpy(o + k * block_stride, in + k * kRowBlock, sizeof(float) * kRowBlock);
+      }
+      if (rest > 0) {
+        float* t = o + full * block_stride;
+        for (int64_t q = 0; q < kRowBlock; ++q) t[q] = q < rest ? in[full * kRowBlock + q] : 0.0f;
       }
     }
   }
@@ -203,43 +202,72 @@ class ConvKernelGradOp : public OpKernel {
         });
 
     // A chunk is a run of image rows of one image (about kChunkRows pixels): its input and
-    // gradient rows stay in cache while every tap and block reads them.
+    // gradient rows stay in cache while every tap and unit reads them.
     const int64_t chunk = std::max<int64_t>(1, kChunkRows / width);
     const int64_t taps = kh_ * kw_, kw = kw_;
-    auto work = [&](int64_t first_block, int64_t last_block) {
-      for (int64_t t = 0; t < taps; ++t) {
-        for (int64_t c = first_block * kRowBlock; c < last_block * kRowBlock; ++c) {
-          std::fill(acc + (t * cip + c) * cop, acc + (t * cip + c + 1) * cop, 0.0f);
+    // A unit of work: one pair of 8-channel output blocks (or the last single block) and one
+    // input-channel block, pairs outer. Each thread takes a contiguous run of units of about
+    // equal cost (input and output channel counts rarely split evenly into blocks per thread).
+    // Every output element belongs to one unit and is summed over the chunks in one fixed order,
+    // so the result depends on neither the partition nor the thread count.
+    const int64_t pairs = (g_blocks + 1) / 2, num_units = pairs * x_blocks;
+    auto unit_cost = [&](int64_t u) {  // FMAs + loads per pixel and tap
+      const int64_t rows = std::min<int64_t>(kRowBlock, c_in - (u % x_blocks) * kRowBlock);
+      const int64_t vecs = std::min<int64_t>(2, g_blocks - (u / x_blocks) * 2);
+      return rows * vecs + rows + vecs;
+    };
+    int64_t total_cost = 0;
+    for (int64_t u = 0; u < num_units; ++u) total_cost += unit_cost(u);
+    const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(workers->num_threads, num_units));
+    std::vector<int64_t> bounds = {0};
+    for (int64_t u = 0, done = 0; u < num_units; ++u) {  // cut nearest to each k / parts
+      const int64_t target = total_cost * static_cast<int64_t>(bounds.size()) / parts;
+      const int64_t next = done + unit_cost(u);
+      if (static_cast<int64_t>(bounds.size()) < parts && next >= target) {
+        bounds.push_back(target - done < next - target ? u : u + 1);
+      }
+      done = next;
+    }
+    while (static_cast<int64_t>(bounds.size()) <= parts) bounds.push_back(num_units);
+    auto work = [&](int64_t first_part, int64_t last_part) {
+      const int64_t u0 = bounds[first_part], u1 = bounds[last_part];
+      for (int64_t u = u0; u < u1; ++u) {
+        const int64_t ob = (u / x_blocks) * 2, cb = u % x_blocks;
+        const int64_t cols = 8 * std::min<int64_t>(2, g_blocks - ob);
+        for (int64_t t = 0; t < taps; ++t) {
+          for (int64_t c = cb * kRowBlock; c < (cb + 1) * kRowBlock; ++c) {
+            float* a = acc + (t * cip + c) * cop + ob * 8;
+            std::fill(a, a + cols, 0.0f);
+          }
         }
       }
       for (int64_t b = 0; b < batch; ++b) {
         for (int64_t h0 = 0; h0 < height; h0 += chunk) {
           const int64_t segs = std::min(chunk, height - h0);
           const float* g_chunk = g + (b * height + h0) * width * cop;
-          for (int64_t ob = 0; ob < g_blocks; ob += 2) {
-            for (int64_t cb = first_block; cb < last_block; ++cb) {
-              const int block_rows = static_cast<int>(std::min<int64_t>(kRowBlock,
-                                                                        c_in - cb * kRowBlock));
-              // Output pixel (h, w) meets padded input pixel (h + i, w + j) for tap (i, j).
-              const float* x_chunk = xp + (cb * grid + (b * hp + h0) * wp) * kRowBlock;
-              for (int64_t t = 0; t < taps; ++t) {
-                const float* xc = x_chunk + ((t / kw) * wp + t % kw) * kRowBlock;
-                float* a = acc + (t * cip + cb * kRowBlock) * cop + ob * 8;
-                if (ob + 1 < g_blocks) {
-                  AccumulateBlock<2>(block_rows, xc, wp * kRowBlock, g_chunk + ob * 8, cop,
-                                     width * cop, segs, width, a, cop);
-                } else {
-                  AccumulateBlock<1>(block_rows, xc, wp * kRowBlock, g_chunk + ob * 8, cop,
-                                     width * cop, segs, width, a, cop);
-                }
+          for (int64_t u = u0; u < u1; ++u) {
+            const int64_t ob = (u / x_blocks) * 2, cb = u % x_blocks;
+            const int block_rows = static_cast<int>(std::min<int64_t>(kRowBlock,
+                                                                      c_in - cb * kRowBlock));
+            // Output pixel (h, w) meets padded input pixel (h + i, w + j) for tap (i, j).
+            const float* x_chunk = xp + (cb * grid + (b * hp + h0) * wp) * kRowBlock;
+            for (int64_t t = 0; t < taps; ++t) {
+              const float* xc = x_chunk + ((t / kw) * wp + t % kw) * kRowBlock;
+              float* a = acc + (t * cip + cb * kRowBlock) * cop + ob * 8;
+              if (ob + 1 < g_blocks) {
+                AccumulateBlock<2>(block_rows, xc, wp * kRowBlock, g_chunk + ob * 8, cop,
+                                   width * cop, segs, width, a, cop);
+              } else {
+                AccumulateBlock<1>(block_rows, xc, wp * kRowBlock, g_chunk + ob * 8, cop,
+                                   width * cop, segs, width, a, cop);
               }
             }
           }
         }
       }
     };
-    ::tensorflow::Shard(workers->num_threads, workers->workers, x_blocks,
-                        pixels * taps * kRowBlock * cop * 2, work);
+    // One shard per part (a cost per part far above Shard's minimum per shard).
+    ::tensorflow::Shard(parts, workers->workers, parts, pixels * taps * total_cost, work);
 
     for (int64_t t = 0; t < taps; ++t) {
       for (int64_t c = 0; c < c_in; ++c) {
