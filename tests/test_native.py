@@ -141,11 +141,24 @@ def test_conv_kernel_gradient_matches_tensorflow(shape, c_out, kernel_size):
       input=x, filter_sizes=list(kernel_size) + [shape[-1], c_out], out_backprop=dy,
       strides=[1, 1, 1, 1], padding="SAME").numpy()
   op = native.conv_kernel_grad_op()
-  got = op(x, dy, kernel_size=list(kernel_size)).numpy()
-  assert got.shape == want.shape
+  got, got_bias = (t.numpy() for t in op(x, dy, kernel_size=list(kernel_size)))
+  assert got.shape == want.shape and got_bias.shape == (c_out,)
   assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  assert_allclose(got_bias, np.sum(dy.numpy(), axis=(0, 1, 2)), rtol=1e-4, atol=1e-4)
   # Each element is summed by one thread in a fixed order: repeated calls agree to the bit.
-  np.testing.assert_array_equal(op(x, dy, kernel_size=list(kernel_size)).numpy(), got)
+  again, again_bias = (t.numpy() for t in op(x, dy, kernel_size=list(kernel_size)))
+  np.testing.assert_array_equal(again, got)
+  np.testing.assert_array_equal(again_bias, got_bias)
+
+
+@pytest.mark.parametrize("shape,c_out", [((2, 0, 5, 4), 8), ((2, 5, 5, 0), 8)])
+def test_conv_kernel_gradient_of_empty_inputs(shape, c_out):
+  # No pixels: both gradients are zero. No input channels: an empty kernel, the bias still sums.
+  rng = np.random.default_rng(0)
+  dy = rng.normal(size=shape[:3] + (c_out,)).astype(np.float32)
+  kernel, bias = native.conv_kernel_grad_op()(tf.zeros(shape), dy, kernel_size=[3, 3])
+  assert kernel.shape == (3, 3, shape[-1], c_out)
+  assert_allclose(bias.numpy(), dy.sum(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
 
 
 def test_conv_kernel_gradient_bad_inputs_name_what_they_are():
@@ -166,10 +179,12 @@ def test_training_graph_uses_the_native_kernel_gradient(monkeypatch):
     def grad(x):
       with tf.GradientTape() as tape:
         loss = tf.reduce_sum(layer(x, training=True) ** 2)
-      return tape.gradient(loss, layer.kernel)
+      return tape.gradient(loss, [layer.kernel, layer.bias])
     graph = tf.function(grad).get_concrete_function(tf.TensorSpec([2, 8, 8, 32])).graph
     return {op.type for op in graph.get_operations()}
 
-  assert GRAD_OP_NAME in op_types()
+  types = op_types()
+  assert GRAD_OP_NAME in types
+  assert "BiasAddGrad" not in types  # the op sums the bias gradient too
   monkeypatch.setenv("TF_PROB_UNET_NATIVE", "0")
   assert GRAD_OP_NAME not in op_types()

@@ -82,24 +82,39 @@ def input_gradient(grad_outputs, kernel):
   return tf.nn.conv2d(grad_outputs, flipped, 1, "SAME")
 
 
-def conv2d_same(inputs, kernel):
-  """`tf.nn.conv2d(inputs, kernel, 1, "SAME")` (odd kernels) with faster gradients.
+def conv2d_same(inputs, kernel, bias=None):
+  """`tf.nn.bias_add(tf.nn.conv2d(inputs, kernel, 1, "SAME"), bias)` with faster gradients.
 
-  The input gradient is a forward convolution (`input_gradient`); the kernel gradient is the
-  native op where it applies, else tap matmuls (`kernel_gradient_by_offsets`).
+  The input gradient is a forward convolution (`input_gradient`). The kernel and bias gradients
+  come from the native op where it applies, which sums the bias gradient while it reads the
+  output gradient for the kernel's; else from tap matmuls (`kernel_gradient_by_offsets`) and a
+  sum over pixels.
+
+  Args:
+    inputs: `[B, H, W, C_in]`.
+    kernel: `[kh, kw, C_in, C_out]`, kh and kw odd.
+    bias: `[C_out]`, or None for no bias.
+
+  Returns:
+    `[B, H, W, C_out]`.
   """
+  if bias is None:
+    bias = tf.zeros(kernel.shape[-1:], kernel.dtype)
 
   @tf.custom_gradient
-  def conv(x, k):
+  def conv(x, k, b):
     def grad(dy):
       dx = input_gradient(dy, k)
       op = native.conv_kernel_grad_op()
       if op is not None and native.applies(x.dtype):
-        return dx, op(x, dy, kernel_size=list(k.shape[:2]))
-      return dx, kernel_gradient_by_offsets(x, dy, tuple(k.shape[:2]))
-    return tf.nn.conv2d(x, k, 1, "SAME"), grad
+        dk, db = op(x, dy, kernel_size=list(k.shape[:2]))
+      else:
+        dk = kernel_gradient_by_offsets(x, dy, tuple(k.shape[:2]))
+        db = tf.reduce_sum(dy, [0, 1, 2])
+      return dx, dk, db
+    return tf.nn.bias_add(tf.nn.conv2d(x, k, 1, "SAME"), b), grad
 
-  return conv(inputs, kernel)
+  return conv(inputs, kernel, bias)
 
 
 @keras.saving.register_keras_serializable(package="tf_prob_unet")
@@ -126,7 +141,6 @@ class ShiftedConv2D(keras.layers.Conv2D):
   def call(self, inputs, training=False):
     if not (training and self._uses_shifts(inputs)):
       return super().call(inputs)  # inference graphs (export, sampling) hold a plain Conv2D
-    outputs = conv2d_same(inputs, tf.convert_to_tensor(self.kernel))
-    if self.use_bias:
-      outputs = tf.nn.bias_add(outputs, self.bias)
+    bias = tf.convert_to_tensor(self.bias) if self.use_bias else None
+    outputs = conv2d_same(inputs, tf.convert_to_tensor(self.kernel), bias)
     return outputs if self.activation is None else self.activation(outputs)

@@ -1,6 +1,9 @@
-// ProbUnetConvKernelGrad: the kernel gradient of a stride-1 SAME convolution with an odd kernel.
+// ProbUnetConvKernelGrad: the kernel and bias gradients of a stride-1 SAME convolution with an odd
+// kernel (and a bias added to its output).
 //
 // dW[i, j, ci, co] = sum over (b, h, w) of x[b, h + i - kh/2, w + j - kw/2, ci] * dy[b, h, w, co].
+// db[co] = sum over (b, h, w) of dy[b, h, w, co], summed while the chunks of dy are in cache for
+// dW (TensorFlow's BiasAddGrad would read dy from memory once more).
 //
 // The input is copied once, zero-padded to the [B, H + kh - 1, W + kw - 1] grid, into a blocked
 // layout of kRowBlock (6) channels per pixel ([C_in / 6, B * Hp * Wp, 6]), so that a block of
@@ -65,6 +68,31 @@ inline void Accumulate(const float* x, int64_t x_seg, const float* g, int64_t g_
       for (int q = 0; q < kRows; ++q) {
         for (int c = 0; c < 8 * kVec; ++c) acc[q * acc_stride + c] += xr[q] * gr[c];
       }
+    }
+  }
+#endif
+}
+
+// acc[8 * v + c] += sum over segments s < segs and pixels w < len of g[s * g_seg + w * g_pixel +
+// 8 * v + c], for c < 8, v < kVec: one chunk's share of the bias gradient.
+template <int kVec>
+void AccumulateSum(const float* g, int64_t g_pixel, int64_t g_seg, int64_t segs, int64_t len,
+                   float* acc) {
+#ifdef PROB_UNET_AVX2
+  __m256 a0 = _mm256_loadu_ps(acc), a1 = kVec == 2 ? _mm256_loadu_ps(acc + 8) : a0;
+  for (int64_t s = 0; s < segs; ++s) {
+    const float* gs = g + s * g_seg;
+    for (int64_t w = 0; w < len; ++w) {
+      a0 = _mm256_add_ps(a0, _mm256_loadu_ps(gs + w * g_pixel));
+      if (kVec == 2) a1 = _mm256_add_ps(a1, _mm256_loadu_ps(gs + w * g_pixel + 8));
+    }
+  }
+  _mm256_storeu_ps(acc, a0);
+  if (kVec == 2) _mm256_storeu_ps(acc + 8, a1);
+#else
+  for (int64_t s = 0; s < segs; ++s) {
+    for (int64_t w = 0; w < len; ++w) {
+      for (int c = 0; c < 8 * kVec; ++c) acc[c] += g[s * g_seg + w * g_pixel + c];
     }
   }
 #endif
@@ -158,11 +186,20 @@ class ConvKernelGradOp : public OpKernel {
     const int64_t batch = input.dim_size(0), height = input.dim_size(1);
     const int64_t width = input.dim_size(2), c_in = input.dim_size(3), c_out = grad.dim_size(3);
     Tensor* output = nullptr;
+    Tensor* bias_output = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({kh_, kw_, c_in, c_out}), &output));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({c_out}), &bias_output));
     float* out = output->flat<float>().data();
-    if (output->NumElements() == 0) return;
-    if (batch * height * width == 0) {
+    float* bias_out = bias_output->flat<float>().data();
+    if (c_out == 0) return;
+    const int64_t pixels = batch * height * width;
+    if (pixels == 0 || c_in == 0) {  // no kernel to speak of: zeros, and the plain bias sum
       std::fill(out, out + output->NumElements(), 0.0f);
+      std::fill(bias_out, bias_out + c_out, 0.0f);
+      const float* dy = grad.flat<float>().data();
+      for (int64_t p = 0; p < pixels; ++p) {
+        for (int64_t c = 0; c < c_out; ++c) bias_out[c] += dy[p * c_out + c];
+      }
       return;
     }
 
@@ -171,7 +208,6 @@ class ConvKernelGradOp : public OpKernel {
     const int64_t x_blocks = (c_in + kRowBlock - 1) / kRowBlock, g_blocks = (c_out + 7) / 8;
     const int64_t cip = x_blocks * kRowBlock, cop = g_blocks * 8;
     const int64_t padded_rows = batch * hp, grid = padded_rows * wp;
-    const int64_t pixels = batch * height * width;
     Tensor xp_t, gp_t, acc_t;
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_FLOAT, TensorShape({grid * cip}),
                                            &xp_t));
@@ -179,6 +215,7 @@ class ConvKernelGradOp : public OpKernel {
                                            TensorShape({kh_ * kw_ * cip * cop}), &acc_t));
     float* xp = xp_t.flat<float>().data();  // [x_blocks, grid, kRowBlock]
     float* acc = acc_t.flat<float>().data();  // [kh * kw, cip, cop]
+    std::vector<float> bias_acc(cop, 0.0f);
     const float* x = input.flat<float>().data();
     const float* g = grad.flat<float>().data();  // read in place when C_out % 8 == 0
     auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
@@ -249,6 +286,15 @@ class ConvKernelGradOp : public OpKernel {
             const int64_t ob = (u / x_blocks) * 2, cb = u % x_blocks;
             const int block_rows = static_cast<int>(std::min<int64_t>(kRowBlock,
                                                                       c_in - cb * kRowBlock));
+            if (cb == 0) {  // the bias gradient, by the units of the first input block
+              if (ob + 1 < g_blocks) {
+                AccumulateSum<2>(g_chunk + ob * 8, cop, width * cop, segs, width,
+                                 &bias_acc[ob * 8]);
+              } else {
+                AccumulateSum<1>(g_chunk + ob * 8, cop, width * cop, segs, width,
+                                 &bias_acc[ob * 8]);
+              }
+            }
             // Output pixel (h, w) meets padded input pixel (h + i, w + j) for tap (i, j).
             const float* x_chunk = xp + (cb * grid + (b * hp + h0) * wp) * kRowBlock;
             for (int64_t t = 0; t < taps; ++t) {
@@ -275,6 +321,7 @@ class ConvKernelGradOp : public OpKernel {
                   out + (t * c_in + c) * c_out);
       }
     }
+    std::copy(bias_acc.begin(), bias_acc.begin() + c_out, bias_out);
   }
 
  private:
@@ -290,6 +337,7 @@ REGISTER_OP("ProbUnetConvKernelGrad")
     .Input("input: float")
     .Input("grad_output: float")
     .Output("kernel_grad: float")
+    .Output("bias_grad: float")
     .Attr("kernel_size: list(int)")
     .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
       ::tensorflow::shape_inference::ShapeHandle input, grad;
@@ -303,5 +351,6 @@ REGISTER_OP("ProbUnetConvKernelGrad")
       }
       c->set_output(0, c->MakeShape({c->MakeDim(kernel_size[0]), c->MakeDim(kernel_size[1]),
                                      c->Dim(input, 3), c->Dim(grad, 3)}));
+      c->set_output(1, c->Vector(c->Dim(grad, 3)));
       return ::tensorflow::OkStatus();
     });
