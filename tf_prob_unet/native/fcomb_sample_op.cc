@@ -19,6 +19,7 @@ namespace tf_prob_unet {
 namespace {
 
 constexpr int kTileRows = 16 * kRowBlock;     // pixels per tile (96)
+static_assert(kTileRows % 8 == 0, "the outputs are written in groups of 8 rows");
 
 inline int64_t RoundUp8(int64_t n) { return (n + 7) / 8 * 8; }
 
@@ -103,6 +104,26 @@ inline float Dot(const float* a, const float* b, int64_t cp) {
   return s;
 #endif
 }
+
+#ifdef PROB_UNET_AVX2
+// The dot products of 8 consecutive length-cp rows of `h` (row stride cp, a multiple of 8) with
+// `w`, as one vector: lane partial sums per row, then a transposing reduction (hadd tree), so
+// the 8 horizontal sums cost a few shuffles instead of a reduction each.
+inline __m256 RowDots8(const float* h, int64_t cp, const float* w) {
+  __m256 v[8];
+#pragma GCC unroll 8
+  for (int r = 0; r < 8; ++r) v[r] = _mm256_mul_ps(_mm256_loadu_ps(h + r * cp), _mm256_loadu_ps(w));
+  for (int64_t c = 8; c < cp; c += 8) {
+    const __m256 wc = _mm256_loadu_ps(w + c);
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; ++r) v[r] = _mm256_fmadd_ps(_mm256_loadu_ps(h + r * cp + c), wc, v[r]);
+  }
+  const __m256 s0123 = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+  const __m256 s4567 = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(s0123, s4567, 0x20),
+                       _mm256_permute2f128_ps(s0123, s4567, 0x31));
+}
+#endif
 
 class FcombSampleOp : public OpKernel {
  public:
@@ -199,7 +220,15 @@ class FcombSampleOp : public OpKernel {
         for (int64_t r = 0; r < rows; ++r) {
           const float* src = proj + (bi * pixels + p0 + r) * channels;
           float* dst = h + r * cp;
-          for (int64_t c = 0; c < channels; ++c) dst[c] = std::max(src[c] + zrow[c], 0.0f);
+          int64_t c = 0;
+#ifdef PROB_UNET_AVX2
+          for (; c + 8 <= channels; c += 8) {
+            _mm256_storeu_ps(dst + c, _mm256_max_ps(_mm256_add_ps(_mm256_loadu_ps(src + c),
+                                                                  _mm256_loadu_ps(zrow + c)),
+                                                    _mm256_setzero_ps()));
+          }
+#endif
+          for (; c < channels; ++c) dst[c] = std::max(src[c] + zrow[c], 0.0f);
         }
         if (rows < kTileRows) std::fill(h + rows * cp, h + kTileRows * cp, 0.0f);
         for (int l = 0; l < num_hidden; ++l) {
@@ -207,7 +236,53 @@ class FcombSampleOp : public OpKernel {
           std::swap(h, g);
         }
         const int64_t base = bm * pixels + p0;
-        for (int64_t r = 0; r < rows; ++r) {
+        int64_t r = 0;
+#ifdef PROB_UNET_AVX2
+        // Groups of 8 rows (kTileRows is a multiple of 8; rows past `rows` hold finite values
+        // and are not written out).
+        for (; r < rows; r += 8) {
+          const int64_t n = std::min<int64_t>(8, rows - r);
+          const float* hr = h + r * cp;
+          alignas(32) float vals[8];
+          alignas(32) int32_t labs[8];
+          if (!labels) {
+            for (int64_t k = 0; k < k_out; ++k) {
+              _mm256_store_ps(vals, _mm256_add_ps(RowDots8(hr, cp, &wl[k * cp]),
+                                                  _mm256_set1_ps(lb[k])));
+              for (int64_t i = 0; i < n; ++i) out_logits[(base + r + i) * k_out + k] = vals[i];
+            }
+            continue;
+          }
+          __m256i best;
+          if (k_out == 1) {
+            const __m256 v = _mm256_add_ps(RowDots8(hr, cp, wl.data()), _mm256_set1_ps(lb[0]));
+            best = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(v, _mm256_setzero_ps(),
+                                                                        _CMP_GT_OQ)),
+                                    _mm256_set1_epi32(1));
+          } else {  // the first arg-max: a later class wins only if strictly greater
+            __m256 best_value = _mm256_add_ps(RowDots8(hr, cp, wl.data()), _mm256_set1_ps(lb[0]));
+            best = _mm256_setzero_si256();
+            for (int64_t k = 1; k < k_out; ++k) {
+              const __m256 v = _mm256_add_ps(RowDots8(hr, cp, &wl[k * cp]), _mm256_set1_ps(lb[k]));
+              const __m256 greater = _mm256_cmp_ps(v, best_value, _CMP_GT_OQ);
+              best_value = _mm256_blendv_ps(best_value, v, greater);
+              best = _mm256_castps_si256(_mm256_blendv_ps(
+                  _mm256_castsi256_ps(best),
+                  _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int32_t>(k))), greater));
+            }
+          }
+          if (n == 8 && (reinterpret_cast<uintptr_t>(out_labels + base + r) & 31) == 0) {
+            // Streamed past the cache: the labels are not read again here.
+            _mm256_stream_si256(reinterpret_cast<__m256i*>(out_labels + base + r), best);
+          } else if (n == 8) {
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(out_labels + base + r), best);
+          } else {
+            _mm256_store_si256(reinterpret_cast<__m256i*>(labs), best);
+            std::copy(labs, labs + n, out_labels + base + r);
+          }
+        }
+#endif
+        for (; r < rows; ++r) {
           const float* hr = h + r * cp;
           if (!labels) {
             float* o = out_logits + (base + r) * k_out;
@@ -230,6 +305,9 @@ class FcombSampleOp : public OpKernel {
           out_labels[base + r] = best;
         }
       }
+#ifdef PROB_UNET_AVX2
+      _mm_sfence();  // the streamed stores are visible before the shard reports done
+#endif
     };
     auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
     ::tensorflow::Shard(workers->num_threads, workers->workers, units, cost, work);
