@@ -27,7 +27,7 @@ def small_threshold(monkeypatch):
 @pytest.mark.parametrize("native", [True, False])  # the C++ kernel gradient, or tap matmuls
 @pytest.mark.parametrize("channels_in,kernel_size,padding", [
     (8, 3, "same"), (16, 5, "same"), (12, (3, 1), "same"), (12, (1, 5), "same"),
-    (2, 3, "same"),    # too few channels: Keras' own convolution
+    (2, 3, "same"),    # a thin input: the native op (TensorFlow's input gradient), else Keras'
     (8, 3, "valid")])  # not SAME: Keras' own convolution
 def test_matches_keras_conv2d_forward_and_gradients(small_threshold, monkeypatch, native,
                                                     channels_in, kernel_size, padding):
@@ -45,11 +45,14 @@ def test_matches_keras_conv2d_forward_and_gradients(small_threshold, monkeypatch
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_tap_matmuls_used_only_where_they_apply():
+def test_tap_matmuls_used_only_where_they_apply(monkeypatch):
   x = tf.zeros([1, 8, 8, 32])
   assert shifted_conv2d.ShiftedConv2D(32, 3, padding="same")._uses_shifts(x)
   assert not shifted_conv2d.ShiftedConv2D(16, 3, padding="same")._uses_shifts(x)  # thin output
-  assert not shifted_conv2d.ShiftedConv2D(32, 3, padding="same")._uses_shifts(x[..., :16])
+  # A thin input (a first layer) only with the native kernel gradient.
+  assert shifted_conv2d.ShiftedConv2D(32, 3, padding="same")._uses_shifts(x[..., :3])
+  monkeypatch.setenv("TF_PROB_UNET_NATIVE", "0")
+  assert not shifted_conv2d.ShiftedConv2D(32, 3, padding="same")._uses_shifts(x[..., :3])
   assert not shifted_conv2d.ShiftedConv2D(32, 3, padding="same", strides=2)._uses_shifts(x)
   assert not shifted_conv2d.ShiftedConv2D(32, 2, padding="same")._uses_shifts(x)
 

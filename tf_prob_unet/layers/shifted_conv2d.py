@@ -7,7 +7,8 @@ import tensorflow as tf
 from tf_prob_unet import native
 
 # Below this many input or output channels the tap matmuls are too thin to beat TensorFlow's
-# kernel (measured per layer on this CPU; BUILD.md).
+# kernel, and below this many output channels the native op is too (measured per layer on this
+# CPU; BUILD.md). Thin inputs with wide outputs (first layers) use the native op.
 MIN_CHANNELS = 32
 # Rows of (input + output-gradient) floats per chunk (4 MB): one chunk stays in the last-level
 # cache while its kh * kw tap matmuls read it, instead of streaming the batch from memory per tap.
@@ -82,6 +83,12 @@ def input_gradient(grad_outputs, kernel):
   return tf.nn.conv2d(grad_outputs, flipped, 1, "SAME")
 
 
+def native_kernel_gradient(dtype):
+  """The native kernel- and bias-gradient op where it applies to `dtype` on this machine, or None."""
+  op = native.conv_kernel_grad_op()
+  return op if op is not None and native.applies(dtype) else None
+
+
 def conv2d_same(inputs, kernel, bias=None):
   """`tf.nn.bias_add(tf.nn.conv2d(inputs, kernel, 1, "SAME"), bias)` with faster gradients.
 
@@ -104,9 +111,13 @@ def conv2d_same(inputs, kernel, bias=None):
   @tf.custom_gradient
   def conv(x, k, b):
     def grad(dy):
-      dx = input_gradient(dy, k)
-      op = native.conv_kernel_grad_op()
-      if op is not None and native.applies(x.dtype):
+      if k.shape[2] >= MIN_CHANNELS:
+        dx = input_gradient(dy, k)
+      else:  # a forward convolution to a few channels was not measured faster: TensorFlow's
+        dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=k, out_backprop=dy,
+                                            strides=[1, 1, 1, 1], padding="SAME")
+      op = native_kernel_gradient(x.dtype)
+      if op is not None:
         dk, db = op(x, dy, kernel_size=list(k.shape[:2]))
       else:
         dk = kernel_gradient_by_offsets(x, dy, tuple(k.shape[:2]))
@@ -127,16 +138,19 @@ class ShiftedConv2D(keras.layers.Conv2D):
   (`tf_prob_unet/native`, on CPU where it builds) or else by `kernel_gradient_by_offsets`. This
   happens only in training calls (`training=True`), so inference and
   exported graphs hold a plain Conv2D. Other settings (strides, dilation, VALID padding, even
-  kernels, channels_first, fewer than `MIN_CHANNELS` input or output channels) use Keras' own
-  convolution.
+  kernels, channels_first, fewer than `MIN_CHANNELS` output channels, or fewer than
+  `MIN_CHANNELS` input channels without the native op) use Keras' own convolution.
   """
 
   def _uses_shifts(self, inputs):
     return (self.padding == "same" and tuple(self.strides) == (1, 1)
             and tuple(self.dilation_rate) == (1, 1) and self.data_format == "channels_last"
             and all(k % 2 == 1 for k in self.kernel_size) and self.groups == 1
-            and inputs.shape[-1] is not None
-            and min(inputs.shape[-1], self.filters) >= MIN_CHANNELS)
+            and inputs.shape[-1] is not None and self.filters >= MIN_CHANNELS
+            # Thin inputs (a network's first layer: 1 or 3 channels) only with the native op,
+            # 2.5x faster there than TensorFlow's kernel; the tap matmuls are not.
+            and (inputs.shape[-1] >= MIN_CHANNELS
+                 or native_kernel_gradient(tf.as_dtype(inputs.dtype)) is not None))
 
   def call(self, inputs, training=False):
     if not (training and self._uses_shifts(inputs)):
