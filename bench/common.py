@@ -26,6 +26,23 @@ def timeit(fn, repeats=5, warmup=2, best=False):
   return times[0] if best else times[len(times) // 2]
 
 
+def timeit_interleaved(fns, repeats=5, warmup=1, best=False):
+  """Wall times in seconds of several functions, run in turn within each round.
+
+  For ratios between the functions on a shared machine: a slow spell hits every function's
+  runs alike instead of one function's. `fns` maps names to callables; returns the median (or
+  with `best=True` the minimum) per name, after `warmup` untimed rounds.
+  """
+  times = {name: [] for name in fns}
+  for round_ in range(warmup + repeats):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      fn()
+      if round_ >= warmup:
+        times[name].append(time.perf_counter() - start)
+  return {name: (min(t) if best else sorted(t)[len(t) // 2]) for name, t in times.items()}
+
+
 def machine():
   """Facts to store beside every figure."""
   return {"cores": os.cpu_count(), "machine": platform.machine(),

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tensorflow as tf  # noqa: E402
 
-from bench.common import emit, machine, timeit  # noqa: E402
+from bench.common import emit, machine, timeit_interleaved  # noqa: E402
 from bench.train_throughput import build  # noqa: E402
 from tf_prob_unet import input_pipeline  # noqa: E402
 
@@ -44,13 +44,10 @@ def main():
   step(held)  # trace once; both timings below reuse the same concrete function
 
   # Interleave the two measurements so that background load hits both alike.
-  piped, memory = [], []
-  for _ in range(args.steps):
-    piped.append(timeit(lambda: step(next(iterator))["loss"].numpy(), repeats=1, warmup=0))
-    memory.append(timeit(lambda: step(held)["loss"].numpy(), repeats=1, warmup=0))
-  piped.sort()
-  memory.sort()
-  pipeline_s, memory_s = piped[len(piped) // 2], memory[len(memory) // 2]
+  times = timeit_interleaved({"piped": lambda: step(next(iterator))["loss"].numpy(),
+                              "memory": lambda: step(held)["loss"].numpy()},
+                             repeats=args.steps, warmup=0)
+  pipeline_s, memory_s = times["piped"], times["memory"]
   emit({
       "config": {"dataset": DATASET, "batch": args.batch, "size": size,
                  "channels": [32, 64, 128, 192], "timed_steps": args.steps,

@@ -1,7 +1,8 @@
 """Cost of sampling: one U-Net forward vs `sample` with m = 1, 4, 16, 100 vs naive re-runs.
 
 Prints one JSON line. Configuration: batch 8, 128x128x1 images, channels (32, 64, 128, 192),
-latent 6, 2 classes (LIDC size). Times are per image, the best of several runs. `sample` uses
+latent 6, 2 classes (LIDC size). Times are per image, the best of 5 rounds in which every
+function runs once in turn (the naive method is timed after them). `sample` uses
 f_comb's native kernel where it builds (`fcomb_kernel` says which ran);
 `sample100_tensorflow_ops_over_unet_forward` is m = 100 with TensorFlow's ops, as exports run it.
 """
@@ -16,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from bench.common import emit, machine, timeit  # noqa: E402
+from bench.common import emit, machine, timeit, timeit_interleaved  # noqa: E402
 from tf_prob_unet import native  # noqa: E402
 from tf_prob_unet.models import ProbUNet  # noqa: E402
 
@@ -31,16 +32,19 @@ def main():
   seed = tf.constant([0, 1], tf.int64)
 
   unet_forward = tf.function(lambda x: model.unet(x, training=False))
-  t_unet = timeit(lambda: unet_forward(images).numpy(), repeats=7, best=True)
-  t_sample = {}
+  fns = {"unet": unet_forward}
   for m in COUNTS:
-    fn = tf.function(lambda x, m=m: model.sample(x, m, seed=seed))
-    t_sample[m] = timeit(lambda fn=fn: fn(images).numpy(), repeats=5 if m == 100 else 7, best=True)
+    fns[m] = tf.function(lambda x, m=m: model.sample(x, m, seed=seed))
   # The same draws with f_comb's TensorFlow ops instead of the native kernel (what exports run).
   noise = tf.random.stateless_normal([BATCH, 100, model.latent_dim], seed=[0, 1])
-  tf_ops100 = tf.function(
+  fns["tf_ops100"] = tf.function(
       lambda x: model.sample_from_noise(x, noise, labels_only=True, native=False))
-  t_tf_ops100 = timeit(lambda: tf_ops100(images).numpy(), repeats=3, best=True)
+  # In turn within each round, so that a slow spell of the machine hits every ratio's numerator
+  # and denominator alike; the best round of each.
+  times = timeit_interleaved({name: (lambda fn=fn: fn(images).numpy()) for name, fn in fns.items()},
+                             repeats=5, warmup=1, best=True)
+  t_unet, t_tf_ops100 = times["unet"], times["tf_ops100"]
+  t_sample = {m: times[m] for m in COUNTS}
 
   def naive(x, m):
     # What a port without the shared computation does: the whole network once per sample.
