@@ -134,10 +134,10 @@ class ShiftedConv2D(keras.layers.Conv2D):
 
   The forward pass, the variables and the config are those of `keras.layers.Conv2D`; the
   gradients are computed here (`conv2d_same`): the input gradient as a forward convolution
-  (`input_gradient`), the kernel gradient by the native op `ProbUnetConvKernelGrad`
-  (`tf_prob_unet/native`, on CPU where it builds) or else by `kernel_gradient_by_offsets`. This
-  happens only in training calls (`training=True`), so inference and
-  exported graphs hold a plain Conv2D. Other settings (strides, dilation, VALID padding, even
+  (`input_gradient`), the kernel and bias gradients by the native op `ProbUnetConvKernelGrad`
+  (`tf_prob_unet/native`, on CPU where it builds) or else by `kernel_gradient_by_offsets` and a
+  sum. This happens only in training calls (`training=True`), so inference and exported graphs
+  hold a plain Conv2D. Other settings (strides, dilation, VALID padding, even
   kernels, channels_first, fewer than `MIN_CHANNELS` output channels, or fewer than
   `MIN_CHANNELS` input channels without the native op) use Keras' own convolution.
   """
