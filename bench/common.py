@@ -15,15 +15,7 @@ def timeit(fn, repeats=5, warmup=2, best=False):
   The median, or with `best=True` the minimum (the least disturbed run: use it for ratios of two
   timings taken one after the other on a shared machine).
   """
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  times.sort()
-  return times[0] if best else times[len(times) // 2]
+  return timeit_interleaved({"fn": fn}, repeats=repeats, warmup=warmup, best=best)["fn"]
 
 
 def timeit_interleaved(fns, repeats=5, warmup=1, best=False):

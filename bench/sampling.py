@@ -41,8 +41,8 @@ def main():
       lambda x: model.sample_from_noise(x, noise, labels_only=True, native=False))
   # In turn within each round, so that a slow spell of the machine hits every ratio's numerator
   # and denominator alike; the best round of each.
-  times = timeit_interleaved({name: (lambda fn=fn: fn(images).numpy()) for name, fn in fns.items()},
-                             repeats=5, warmup=1, best=True)
+  runs = {name: (lambda fn=fn: fn(images).numpy()) for name, fn in fns.items()}
+  times = timeit_interleaved(runs, repeats=5, warmup=1, best=True)
   t_unet, t_tf_ops100 = times["unet"], times["tf_ops100"]
   t_sample = {m: times[m] for m in COUNTS}
 

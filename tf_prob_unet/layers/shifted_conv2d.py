@@ -84,7 +84,7 @@ def input_gradient(grad_outputs, kernel):
 
 
 def native_kernel_gradient(dtype):
-  """The native kernel- and bias-gradient op where it applies to `dtype` on this machine, or None."""
+  """The native kernel- and bias-gradient op where it applies to `dtype` here, else None."""
   op = native.conv_kernel_grad_op()
   return op if op is not None and native.applies(dtype) else None
 
