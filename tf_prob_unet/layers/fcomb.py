@@ -149,9 +149,9 @@ class FComb(keras.layers.Layer):
     """The fused op to use for `combine(native=...)`, or None for TensorFlow ops."""
     if native is False:
       return None
-    op = native_kernels.fcomb_sample_op()
     if native is None:
-      return op if native_kernels.applies(dtype) else None
+      return native_kernels.fcomb_sample_op(dtype)
+    op = native_kernels.fcomb_sample_op()
     if op is None or dtype != tf.float32:
       raise ValueError(
           f"FComb.combine: native=True needs the native f_comb kernel and float32 inputs; found "

@@ -83,12 +83,6 @@ def input_gradient(grad_outputs, kernel):
   return tf.nn.conv2d(grad_outputs, flipped, 1, "SAME")
 
 
-def native_kernel_gradient(dtype):
-  """The native kernel- and bias-gradient op where it applies to `dtype` here, else None."""
-  op = native.conv_kernel_grad_op()
-  return op if op is not None and native.applies(dtype) else None
-
-
 def conv2d_same(inputs, kernel, bias=None):
   """`tf.nn.bias_add(tf.nn.conv2d(inputs, kernel, 1, "SAME"), bias)` with faster gradients.
 
@@ -116,7 +110,7 @@ def conv2d_same(inputs, kernel, bias=None):
       else:  # a forward convolution to a few channels was not measured faster: TensorFlow's
         dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=k, out_backprop=dy,
                                             strides=[1, 1, 1, 1], padding="SAME")
-      op = native_kernel_gradient(x.dtype)
+      op = native.conv_kernel_grad_op(x.dtype)
       if op is not None:
         dk, db = op(x, dy, kernel_size=list(k.shape[:2]))
       else:
@@ -150,7 +144,7 @@ class ShiftedConv2D(keras.layers.Conv2D):
             # Thin inputs (a network's first layer: 1 or 3 channels) only with the native op,
             # 2.5x faster there than TensorFlow's kernel; the tap matmuls are not.
             and (inputs.shape[-1] >= MIN_CHANNELS
-                 or native_kernel_gradient(tf.as_dtype(inputs.dtype)) is not None))
+                 or native.conv_kernel_grad_op(tf.as_dtype(inputs.dtype)) is not None))
 
   def call(self, inputs, training=False):
     if not (training and self._uses_shifts(inputs)):

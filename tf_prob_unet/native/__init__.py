@@ -5,16 +5,16 @@ Two custom ops, both CPU-only and float32 (`applies`):
   pixels, used by `FComb.combine` when sampling. TensorFlow's pip build runs its own (Eigen)
   kernels without AVX2/FMA and runs f_comb's small ops one by one over whole tensors; the fused
   kernel is about 1.5x faster per sample. No gradient.
-- `ProbUnetConvKernelGrad` (`conv_kernel_grad_op.cc`): the kernel gradient of a stride-1 SAME
-  convolution, used by `ShiftedConv2D` in training; deterministic (independent of the thread
-  count).
+- `ProbUnetConvKernelGrad` (`conv_kernel_grad_op.cc`): the kernel and bias gradients of a
+  stride-1 SAME convolution, used by `ShiftedConv2D` in training; deterministic (independent of
+  the thread count).
 BUILD.md ("Native kernels") has the measurements.
 
 Each library is compiled with the C++ compiler (`$CXX`, default `g++`), TensorFlow's own compile
 and link flags and `-O3 -march=native`, into a cache directory (`$TF_PROB_UNET_CACHE`, default
-`~/.cache/tf_prob_unet`) under a name that hashes the source and its headers, the TensorFlow version, the flags
-and the CPU's feature flags, so a shared home directory never hands a library to the wrong
-machine or TensorFlow. A build takes about 25 s; `make install` (and so `make demo`
+`~/.cache/tf_prob_unet`) under a name that hashes the source and its headers, the TensorFlow
+version, the flags and the CPU's feature flags, so a shared home directory never hands a library
+to the wrong machine or TensorFlow. A build takes about 25 s; `make install` (and so `make demo`
 and `make test`) runs it once with `python -m tf_prob_unet.native`.
 
 Without a compiler, or with `TF_PROB_UNET_NATIVE=0`, `fcomb_sample_op()` and
@@ -139,28 +139,34 @@ def _load(source):
       return None
 
 
-def _op(source, name):
-  """Op function `name` of the library built from `source`, or None (off, or unbuildable)."""
-  library = _load(source) if enabled() else None
+def _op(source, name, dtype):
+  """Op function `name` of the library built from `source`, or None: native kernels off, the
+  library unbuildable, or (with a `dtype`) a computation they do not serve (`applies`)."""
+  if not enabled() or (dtype is not None and not applies(dtype)):
+    return None
+  library = _load(source)
   return None if library is None else getattr(library, name)
 
 
-def fcomb_sample_op():
-  """The `ProbUnetFcombSample` op function, or None where native kernels are off or unbuildable.
+def fcomb_sample_op(dtype=None):
+  """The `ProbUnetFcombSample` op function, or None where native kernels are off or unbuildable,
+  or (with a `dtype`) where they do not apply to it.
 
   The op (see `fcomb_sample_op.cc`) takes `projected [B, P, C]`, `z_part [B, M, C]`, the
   hidden kernels `[C, C]` and biases `[C]` after the first layer, the logits kernel `[C, K]` and
   bias `[K]`, and returns logits `[B, M, P, K]` (`out_type=tf.float32`) or labels `[B, M, P]`
   (`out_type=tf.int32`: the first arg-max, or `logit > 0` for K = 1). CPU only, no gradient.
   """
-  return _op(_SOURCE, "prob_unet_fcomb_sample")
+  return _op(_SOURCE, "prob_unet_fcomb_sample", dtype)
 
 
-def conv_kernel_grad_op():
-  """The `ProbUnetConvKernelGrad` op function, or None where native kernels are off or unbuildable.
+def conv_kernel_grad_op(dtype=None):
+  """The `ProbUnetConvKernelGrad` op function, or None where native kernels are off or
+  unbuildable, or (with a `dtype`) where they do not apply to it.
 
   The op (see `conv_kernel_grad_op.cc`) takes `input [B, H, W, C_in]`, `grad_output
   [B, H, W, C_out]` and the attribute `kernel_size=[kh, kw]` (odd), and returns the kernel
-  gradient `[kh, kw, C_in, C_out]` of the stride-1 SAME convolution. CPU only.
+  gradient `[kh, kw, C_in, C_out]` and the bias gradient `[C_out]` of the stride-1 SAME
+  convolution (with a bias added to its output). CPU only.
   """
-  return _op(_CONV_SOURCE, "prob_unet_conv_kernel_grad")
+  return _op(_CONV_SOURCE, "prob_unet_conv_kernel_grad", dtype)
