@@ -9,7 +9,17 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+import shutil  # noqa: E402
+
+from tf_prob_unet import native  # noqa: E402
+
 TINY_CHANNELS = (4, 8, 16)
+
+# Tests that need the native kernels skip, saying why, only where they cannot exist (a CPU without
+# AVX2/FMA, or no C++ compiler); on a supported CPU with a compiler a failed build fails them.
+requires_native = pytest.mark.skipif(
+    not native.cpu_supported() or shutil.which(native._compiler()) is None,
+    reason="native kernels need an x86-64 CPU with AVX2/FMA and a C++ compiler ($CXX)")
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from numpy.testing import assert_allclose
 
-from tests.conftest import tiny_batch
+from tests.conftest import requires_native, tiny_batch
 from tests.test_prob_unet import make_model
 from tf_prob_unet import native
 from tf_prob_unet.layers import FComb
@@ -26,6 +26,7 @@ def _fcomb(num_classes, channels, num_hidden, feature_channels=5, latent_dim=3):
   return layer
 
 
+@requires_native
 def test_libraries_build_for_this_machine():
   for source in native.SOURCES:
     path = native.build(source)
@@ -33,6 +34,7 @@ def test_libraries_build_for_this_machine():
   assert native.fcomb_sample_op() is not None and native.conv_kernel_grad_op() is not None
 
 
+@requires_native
 @pytest.mark.parametrize("num_classes,channels,num_hidden", [
     (2, 32, 3),    # the reference f_comb
     (2, 12, 3),    # channels not a multiple of 8 (padded inside the kernel)
@@ -63,6 +65,7 @@ def test_native_matches_tensorflow_ops(num_classes, channels, num_hidden, num_sa
   assert len(np.unique(labels)) > 1
 
 
+@requires_native
 def test_model_samples_equal_with_and_without_native_kernel():
   model = make_model()
   images, _ = tiny_batch(2)
@@ -88,6 +91,7 @@ def test_training_call_never_uses_native_kernel():
   assert OP_NAME not in {op.type for op in graph.get_operations()}
 
 
+@requires_native
 def test_bad_shapes_name_the_input():
   op = native.fcomb_sample_op()
   projected = tf.zeros([2, 10, 8])
@@ -126,6 +130,7 @@ def test_failed_builds_raise_and_leave_nothing(monkeypatch, tmp_path):
   assert os.listdir(tmp_path / "cache") == []  # no partial library under any name
 
 
+@requires_native
 @pytest.mark.parametrize("shape,c_out,kernel_size", [
     ((3, 9, 11, 8), 16, (3, 3)),   # C_out a multiple of 8: the gradient is read in place
     ((2, 7, 5, 13), 6, (3, 3)),    # C_in not a multiple of 6, C_out not of 8 (zero-padded copy)
@@ -151,6 +156,7 @@ def test_conv_kernel_gradient_matches_tensorflow(shape, c_out, kernel_size):
   np.testing.assert_array_equal(again_bias, got_bias)
 
 
+@requires_native
 @pytest.mark.parametrize("shape,c_out", [((2, 0, 5, 4), 8), ((2, 5, 5, 0), 8)])
 def test_conv_kernel_gradient_of_empty_inputs(shape, c_out):
   # No pixels: both gradients are zero. No input channels: an empty kernel, the bias still sums.
@@ -161,6 +167,7 @@ def test_conv_kernel_gradient_of_empty_inputs(shape, c_out):
   assert_allclose(bias.numpy(), dy.sum(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
 
 
+@requires_native
 def test_conv_kernel_gradient_bad_inputs_name_what_they_are():
   op = native.conv_kernel_grad_op()
   x = tf.zeros([2, 8, 8, 4])
@@ -170,6 +177,7 @@ def test_conv_kernel_gradient_bad_inputs_name_what_they_are():
     op(x, tf.zeros([2, 8, 8, 4]), kernel_size=[2, 3])
 
 
+@requires_native
 def test_training_graph_uses_the_native_kernel_gradient(monkeypatch):
   from tf_prob_unet.layers import shifted_conv2d
   layer = shifted_conv2d.ShiftedConv2D(32, 3, padding="same")

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tests import helpers
+from tests.conftest import requires_native
 from tf_prob_unet.layers import shifted_conv2d
 
 
@@ -24,7 +25,7 @@ def small_threshold(monkeypatch):
   monkeypatch.setattr(shifted_conv2d, "MIN_CHANNELS", 4)
 
 
-@pytest.mark.parametrize("native", [True, False])  # the C++ kernel gradient, or tap matmuls
+@pytest.mark.parametrize("native", [pytest.param(True, marks=requires_native), False])  # C++ or taps
 @pytest.mark.parametrize("channels_in,kernel_size,padding", [
     (8, 3, "same"), (16, 5, "same"), (12, (3, 1), "same"), (12, (1, 5), "same"),
     (2, 3, "same"),    # a thin input: the native op (TensorFlow's input gradient), else Keras'
@@ -45,6 +46,7 @@ def test_matches_keras_conv2d_forward_and_gradients(small_threshold, monkeypatch
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
 
 
+@requires_native
 def test_tap_matmuls_used_only_where_they_apply(monkeypatch):
   x = tf.zeros([1, 8, 8, 32])
   assert shifted_conv2d.ShiftedConv2D(32, 3, padding="same")._uses_shifts(x)

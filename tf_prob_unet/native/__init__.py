@@ -10,16 +10,21 @@ Two custom ops, both CPU-only and float32 (`applies`):
   the thread count).
 BUILD.md ("Native kernels") has the measurements.
 
-Each library is compiled with the C++ compiler (`$CXX`, default `g++`), TensorFlow's own compile
-and link flags and `-O3 -march=native`, into a cache directory (`$TF_PROB_UNET_CACHE`, default
-`~/.cache/tf_prob_unet`) under a name that hashes the source and its headers, the TensorFlow
-version, the flags and the CPU's feature flags, so a shared home directory never hands a library
-to the wrong machine or TensorFlow. A build takes about 25 s; `make install` (and so `make demo`
-and `make test`) runs it once with `python -m tf_prob_unet.native`.
+The kernels need an x86-64 CPU with AVX2 and FMA (`cpu_supported`, read from the CPU's feature
+flags before anything is built or loaded). Each library is compiled with the C++ compiler
+(`$CXX`, default `g++`), TensorFlow's own compile and link flags and the fixed instruction-set
+flags `-O3 -mavx2 -mfma` (never `-march=native`: on CPUs with AVX-512 FP16 that pulls in
+TensorFlow's Eigen FP16 headers, which g++ 12 rejects), into a cache directory
+(`$TF_PROB_UNET_CACHE`, default `~/.cache/tf_prob_unet`) under a name that hashes the source
+and its headers, the TensorFlow version, the flags and the CPU's feature flags, so a shared home
+directory never hands a library to the wrong machine or TensorFlow. A build takes about 10-25 s;
+`make install` (and so `make demo` and `make test`) runs it once with
+`python -m tf_prob_unet.native`.
 
-Without a compiler, or with `TF_PROB_UNET_NATIVE=0`, `fcomb_sample_op()` and
-`conv_kernel_grad_op()` return None and the callers use TensorFlow ops (same arithmetic, slower);
-a failed build logs one warning with the compiler's last lines.
+On a CPU without AVX2/FMA, without a compiler, or with `TF_PROB_UNET_NATIVE=0`,
+`fcomb_sample_op()` and `conv_kernel_grad_op()` return None and the callers use TensorFlow ops
+(same arithmetic, slower); the first such fallback logs one line saying why (a failed build adds
+the compiler's last lines).
 """
 
 import functools
@@ -39,7 +44,10 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _SOURCE = os.path.join(_HERE, "fcomb_sample_op.cc")
 _CONV_SOURCE = os.path.join(_HERE, "conv_kernel_grad_op.cc")
 SOURCES = (_SOURCE, _CONV_SOURCE)
-_CXX_FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-Wno-deprecated-declarations"]
+# Fixed instruction-set flags: the kernels' SIMD paths are AVX2 + FMA (op_common.h).
+_ISA_FLAGS = ["-mavx2", "-mfma"]
+_REQUIRED_CPU_FEATURES = ("avx2", "fma")
+_CXX_FLAGS = ["-O3"] + _ISA_FLAGS + ["-shared", "-fPIC", "-Wno-deprecated-declarations"]
 _LOCK = threading.Lock()
 
 logger = logging.getLogger(__name__)
@@ -73,6 +81,14 @@ def _cpu_flags():
   return platform.processor()
 
 
+def cpu_supported():
+  """True on an x86-64 CPU whose feature flags include AVX2 and FMA (what the kernels use)."""
+  if platform.machine().lower() not in ("x86_64", "amd64"):
+    return False
+  features = set(_cpu_flags().lower().split())
+  return all(f in features for f in _REQUIRED_CPU_FEATURES)
+
+
 def _compiler():
   return os.environ.get("CXX", "g++")
 
@@ -104,8 +120,12 @@ def build(source=_SOURCE):
   concurrent or interrupted build never leaves a partial library under the final name.
 
   Raises:
-    RuntimeError: the compiler is missing or fails (the message ends with its last lines).
+    RuntimeError: the CPU lacks AVX2/FMA, or the compiler is missing or fails (the message ends
+      with its last lines).
   """
+  if not cpu_supported():
+    raise RuntimeError(f"native kernels: this CPU ({platform.machine()}) lacks "
+                       f"{'/'.join(f.upper() for f in _REQUIRED_CPU_FEATURES)}, which they need.")
   path = library_path(source)
   if os.path.exists(path):
     return path
