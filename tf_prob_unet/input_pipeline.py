@@ -20,7 +20,9 @@ import importlib.util
 import itertools
 import os
 import re
+import struct
 import sys
+import threading
 
 import numpy as np
 import tensorflow as tf
@@ -308,44 +310,182 @@ def flip_modes(label, flips):
   return modes, tf.constant(probs, tf.float32)
 
 
-def train_dataset(builder, spec, batch_size, seed=0, split="train", shuffle_buffer=1024):
-  """An endless, seeded training pipeline of `(images [B, H, W, C], labels [B, H, W] int32)`.
+class RecordIndex:
+  """Random access, by index, to the serialized examples of one split of a prepared dataset.
 
+  TFDS writes a split as TFRecord files; this scans their record headers once (12 bytes per
+  record, the data is skipped) and reads record `i` of the split (the split's own order, file by
+  file) with TensorFlow's random-access TFRecord reader, which checks the record's checksums.
+  Reads take a lock per file (the reader is not thread-safe).
+
+  Args:
+    builder: a prepared TFDS builder (TFRecord format).
+    split: the split to read.
+
+  Raises:
+    tf.errors.DataLossError: a file is shorter than its records (`input_errors` turns it into
+      one line naming the file and record).
+  """
+
+  def __init__(self, builder, split):
+    from tensorflow.python.lib.io import tf_record  # pylint: disable=g-import-not-at-top
+    self._files = []
+    counts = []
+    for instruction in builder.info.splits[split].file_instructions:
+      offsets = _record_offsets(instruction.filename)
+      take = instruction.take if instruction.take >= 0 else len(offsets) - instruction.skip
+      offsets = offsets[instruction.skip:instruction.skip + take]
+      if len(offsets) < take:
+        raise tf.errors.DataLossError(None, None, f"{instruction.filename}: found "
+                                      f"{len(offsets)} whole records, expected {take}")
+      self._files.append((tf_record.tf_record_random_reader(instruction.filename), offsets,
+                          threading.Lock()))
+      counts.append(len(offsets))
+    self._starts = np.cumsum([0] + counts)
+    self.num_examples = int(self._starts[-1])
+
+  def read(self, index):
+    """The serialized example `index` (an int in `[0, num_examples)`), as bytes."""
+    index = int(index)
+    f = int(np.searchsorted(self._starts, index, side="right")) - 1
+    reader, offsets, lock = self._files[f]
+    with lock:
+      record, _ = reader.read(int(offsets[index - self._starts[f]]))
+    return record
+
+
+def _record_offsets(path):
+  """Start offsets of the whole records of a TFRecord file (a truncated last record is left out).
+
+  A record is: uint64 length, uint32 length checksum, data, uint32 data checksum.
+  """
+  offsets = []
+  size = os.path.getsize(path)
+  with open(path, "rb") as f:
+    offset = 0
+    while offset + 12 <= size:
+      f.seek(offset)
+      (length,) = struct.unpack("<Q", f.read(8))
+      end = offset + 12 + length + 4
+      if end > size:
+        break
+      offsets.append(offset)
+      offset = end
+  return offsets
+
+
+def train_positions(batch_size, start=0, num_replicas=1, replicas=None):
+  """The stream positions one input pipeline reads, in order (an endless int64 dataset).
+
+  The training stream is global: global step `s` consumes positions `[s*B, (s+1)*B)` (after
+  `start`), and replica `r` of `R` holds rows `[r*B/R, (r+1)*B/R)` of it. A pipeline feeding
+  `replicas` (a worker's replicas under `multi_worker_mirrored`) reads only their rows: for each
+  step, replica by replica, `B/R` positions each.
+
+  Args:
+    batch_size: B, the global batch size (a multiple of `num_replicas`).
+    start: the stream position of the first global batch (a checkpoint's input position).
+    num_replicas: R, the replicas of the whole cluster.
+    replicas: the replica ids this pipeline feeds (default: all, in order).
+  """
+  replicas = list(range(num_replicas)) if replicas is None else list(replicas)
+  if batch_size % num_replicas:
+    raise ValueError(f"--batch_size: expected a multiple of the {num_replicas} replicas, found "
+                     f"{batch_size}.")
+  rows = batch_size // num_replicas
+  per_step = rows * len(replicas)
+  ids = tf.constant(replicas, tf.int64)
+
+  def position(k):
+    step, rest = k // per_step, k % per_step
+    replica = tf.gather(ids, rest // rows)
+    return tf.cast(start, tf.int64) + step * batch_size + replica * rows + rest % rows
+
+  return tf.data.Dataset.range(2 ** 62).map(position)
+
+
+def example_at(position, seed, num_examples):
+  """`(epoch, index)` of a stream position: the epoch's seeded permutation of `[0, N)` at
+  `position mod N` (stateless: any position maps to its example without reading the others)."""
+  position = tf.cast(position, tf.int64)
+  epoch, offset = position // num_examples, position % num_examples
+  index = tf.random.experimental.index_shuffle(
+      offset, tf.stack([tf.cast(seed, tf.int64), epoch]), tf.constant(num_examples - 1, tf.int64))
+  return epoch, index
+
+
+def train_dataset(builder, spec, batch_size, seed=0, split="train", shuffle_buffer=None, start=0,
+                  num_replicas=1, replicas=None, with_ids=False):
+  """An endless, seeded training pipeline of `(images [b, H, W, C], labels [b, H, W] int32)`.
+
+  The stream is index-based: position `p` (0, 1, 2, ... over the whole run) is example
+  `index = permutation_e(p mod N)` of the split, in epoch `e = p // N`, where `permutation_e` is a
+  seeded, stateless shuffle of the N examples (`example_at`). So a position is all the state
+  the pipeline has: a checkpoint stores it as two integers (`epoch`, `index` into the epoch's
+  order), and a resumed run (`start`) reads exactly the batches an uninterrupted one would.
   Each example's random choices (which grader, which flips) come from a stateless RNG keyed by
-  `(seed, position in the stream)`, so the stream is the same on every run with the same seed.
+  `(seed, position)`, so they do not depend on who reads the example.
+
+  What is global and what is per pipeline: positions, permutations, grader and flip draws (and
+  the models' per-example noise) are functions of the global stream; a pipeline (one per
+  worker) reads only the rows of the replicas it feeds (`train_positions`), `b = B/R` per
+  element, replica by replica, step by step. With the defaults (one replica), an element is the
+  whole global batch.
 
   Args:
     builder: a prepared TFDS builder.
     spec: its `DatasetSpec`.
-    batch_size: the global batch size (the strategy splits it).
-    seed: seed of the shuffling and of the per-example draws.
+    batch_size: B, the global batch size.
+    seed: seed of the permutations and of the per-example draws.
     split: TFDS split.
-    shuffle_buffer: examples in the shuffle buffer.
+    shuffle_buffer: unused (the order is a full permutation per epoch); accepted so that older
+      callers keep working.
+    start: stream position of the first global batch.
+    num_replicas: R, replicas of the whole cluster (elements are their `B/R`-row slices).
+    replicas: the replica ids this pipeline feeds (default: all).
+    with_ids: yield dicts with `image`, `label`, `id` (the example's `id` feature or its index
+      as a string), `index` (in the split), `epoch` and `position`, instead of tuples.
+
+  Raises:
+    tf.errors.DataLossError: a truncated record file (see `RecordIndex`).
   """
-  read_config = tfds.ReadConfig(shuffle_seed=seed)
-  ds = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config)
+  del shuffle_buffer
+  records = RecordIndex(builder, split)
+  num = records.num_examples
+  if num == 0:
+    raise ValueError(f"--dataset: {builder.info.full_name} split {split!r}: expected examples, "
+                     f"found none.")
   keep = ["id", "image", "masks"] if spec.kind == "graders" else ["id", "image", "label"] + (
       ["cue"] if spec.has_cue else [])
-  # Every example read is checked, before it waits in the shuffle buffer.
-  ds = ds.map(lambda ex: _check_example({k: ex[k] for k in keep if k in ex}, spec, "(no id)"),
-              num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.repeat().shuffle(shuffle_buffer, seed=seed).enumerate()
+  features = builder.info.features
 
-  def draw(index, ex):
-    key = tf.stack([tf.cast(seed, tf.int64), index])
+  def load(position):
+    epoch, index = example_at(position, seed, num)
+    serialized = tf.py_function(lambda i: records.read(i.numpy()), [index], tf.string)
+    serialized.set_shape([])
+    ex = features.deserialize_example(serialized)
+    ex = {k: ex[k] for k in keep if k in ex}
+    example_id = ex["id"] if "id" in ex else tf.strings.as_string(index)
+    ex = _check_example(ex, spec, example_id)
+    # Each example's draws are keyed by its stream position (the same on any worker).
+    key = tf.stack([tf.cast(seed, tf.int64), position])
     image = model_inputs(ex, spec)
     if spec.kind == "graders":
-      num = tf.shape(ex["masks"])[0]
-      grader = tf.random.stateless_uniform([], key, 0, num, dtype=tf.int32)
+      num_graders = tf.shape(ex["masks"])[0]
+      grader = tf.random.stateless_uniform([], key, 0, num_graders, dtype=tf.int32)
       label = tf.cast(ex["masks"][grader], tf.int32)
     else:
       probs = tf.constant([p for _, _, p in spec.flips], tf.float32)
       bits = tf.cast(tf.random.stateless_uniform([len(spec.flips)], key) < probs, tf.int32)
       label = _apply_flips(ex["label"], bits, spec.flips)
+    if with_ids:
+      return {"image": image, "label": label, "id": example_id, "index": index, "epoch": epoch,
+              "position": position}
     return image, label
 
-  ds = ds.map(draw, num_parallel_calls=tf.data.AUTOTUNE)
-  return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  ds = train_positions(batch_size, start, num_replicas, replicas)
+  ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.batch(batch_size // num_replicas, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_dataset(builder, spec, batch_size, split="test", limit=None):

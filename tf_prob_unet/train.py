@@ -2,6 +2,10 @@ r"""Trains a model: `python -m tf_prob_unet.train --flagfile=synthetic.flags`.
 
 A thin absl main: flags -> `train_lib.TrainConfig` -> `train_lib.run`. Bad flags stop with one
 line naming the flag, what was expected and what was found.
+
+Exit statuses: 0 finished; 2 a bad flag or input, or a non-finite loss; 74 a checkpoint or run
+file could not be written (the path named, the previous checkpoint intact); 75 stopped by
+SIGTERM or SIGINT after checkpointing the step it was in (rerun the same command to continue).
 """
 
 import dataclasses
@@ -19,6 +23,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
+from tf_prob_unet import checkpointing  # noqa: E402
 from tf_prob_unet import train_lib  # noqa: E402
 
 _D = train_lib.TrainConfig()
@@ -57,10 +62,14 @@ _HELP = {
     "log_every": "Steps between console progress lines.",
     "eval_every": "Steps between validation terms and sample grids.",
     "eval_batches": "Validation batches (of 4) per evaluation.",
-    "shuffle_buffer": "Examples in the shuffle buffer.",
+    "shuffle_buffer": "Unused (kept so that older flagfiles replay): the input order is a full "
+                      "seeded permutation of the training split per epoch.",
     "debug_nan_step": "Testing only: make the images of this 1-based step NaN, to exercise the "
                       "non-finite guard, which names the loss terms or the gradient norm that "
                       "became non-finite (0: off).",
+    "debug_checkpoint_pause": "Testing only: seconds to wait between writing a checkpoint's "
+                              "files and publishing it as the latest (a fault can land "
+                              "mid-write).",
 }
 
 
@@ -110,10 +119,17 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   try:
     config = config_from_flags(FLAGS)
-    train_lib.run(config)
+    stop = checkpointing.StopRequest()
+    with stop.installed():
+      result = train_lib.run(config, stop=stop)
   except (ValueError, FloatingPointError) as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(checkpointing.EXIT_BAD_INPUT)
+  except checkpointing.WriteError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(checkpointing.EXIT_WRITE_FAILED)
+  if result["preempted"]:
+    sys.exit(checkpointing.EXIT_PREEMPTED)
 
 
 def run_main():

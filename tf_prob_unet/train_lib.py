@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_prob_unet import checkpointing
 from tf_prob_unet import runtime
 from tf_prob_unet import input_pipeline
 from tf_prob_unet import models
@@ -67,9 +68,11 @@ class TrainConfig:
   log_every: int = 50
   eval_every: int = 500
   eval_batches: int = 4
-  shuffle_buffer: int = 1024
+  shuffle_buffer: int = 1024  # unused: the input order is a full seeded permutation per epoch
   # Testing only: turn the images of this (1-based) step into NaN (0: never).
   debug_nan_step: int = 0
+  # Testing only: seconds between writing a checkpoint and publishing it (a fault lands mid-write).
+  debug_checkpoint_pause: float = 0.0
 
   def validate(self):
     """Raises ValueError naming the first bad field, what was expected and what was found."""
@@ -173,19 +176,28 @@ def is_chief(strategy):
   return bool(strategy.extended.should_checkpoint)
 
 
-def distribute_batch(strategy, batch):
-  """Splits a global batch over the replicas: replica r of N gets rows `[r*B/N, (r+1)*B/N)`.
+def worker_train_dataset(builder, spec, config, start, input_context):
+  """The training pipeline of one worker: only its replicas' rows of every global batch.
 
-  Every worker reads the same global batch from the same seeded pipeline and keeps its
-  replicas' rows, so the data each replica sees does not depend on how many workers there are,
-  and one input-pipeline position (saved in the chief's checkpoint) is valid for every worker.
+  Replica r of R holds rows `[r*B/R, (r+1)*B/R)` of global batch s (stream positions
+  `start + s*B + ...`); worker w of W feeds replicas `[w*R/W, (w+1)*R/W)` and reads only their
+  examples, one `B/R`-row element per replica, in replica order (what
+  `distribute_datasets_from_function` hands to the worker's devices). Which example sits at a
+  position, its grader or flip draw and its noise seed are global (functions of the position and
+  the seed), so one process and N workers train on the same global batches.
+
+  Args:
+    builder, spec: the dataset.
+    config: the `TrainConfig` (batch size, seed).
+    start: the stream position of the first global batch (from the checkpoint).
+    input_context: a `tf.distribute.InputContext` (workers, this worker's index, replicas).
   """
-  def rows(ctx):
-    def take(x):
-      size = x.shape[0] // ctx.num_replicas_in_sync
-      return x[ctx.replica_id_in_sync_group * size:(ctx.replica_id_in_sync_group + 1) * size]
-    return tf.nest.map_structure(take, batch)
-  return strategy.experimental_distribute_values_from_function(rows)
+  replicas = input_context.num_replicas_in_sync
+  local = replicas // input_context.num_input_pipelines
+  first = input_context.input_pipeline_id * local
+  return input_pipeline.train_dataset(builder, spec, config.batch_size, config.seed,
+                                      start=start, num_replicas=replicas,
+                                      replicas=range(first, first + local))
 
 
 def check_finite(terms, step, checkpoint_dir):
@@ -311,22 +323,32 @@ def _check_resume(config, record):
                      f"{saved.get('dataset')!r} vs {record['dataset']!r}).")
 
 
-def run(config, log=print):
+def run(config, log=print, stop=None):
   """Trains `config.model` on `config.dataset`, resuming from `config.model_dir` if it has a run.
 
   Under `multi_worker_mirrored` every worker runs this with the same config; the chief writes
   the run, the other workers write their checkpoints and summaries to temporary directories
-  that are removed when they finish. Every worker restores from the chief's latest checkpoint.
+  that are removed when they finish. Every worker restores from the chief's latest checkpoint
+  and reads only its own replicas' examples (`worker_train_dataset`).
 
   Nothing is written before the dataset, the first training and validation batches and (for
   an existing run) the compatibility of the model have been checked.
 
+  Args:
+    config: a `TrainConfig`.
+    log: called with each progress line.
+    stop: a `checkpointing.StopRequest` (or anything whose truth means "stop"): once it is set,
+      training finishes the step it is in, checkpoints it and returns with `preempted` True.
+      Under `multi_worker_mirrored` the workers' requests are summed inside every step, so all
+      workers stop after the same step, the chief writes the checkpoint and every worker returns.
+
   Returns:
-    A dict with the final `step`, the last logged training terms and `model_dir`.
+    A dict with the final `step`, the last logged training terms, `model_dir`, `preempted`.
 
   Raises:
     ValueError: a bad flag or input, in one line.
     FloatingPointError: a non-finite loss term or gradient (the step and the term named).
+    checkpointing.WriteError: a checkpoint could not be written (the path named).
   """
   config.validate()
   strategy = make_strategy(config.strategy)
@@ -341,13 +363,24 @@ def run(config, log=print):
   _check_resume(config, record)
 
   keras.utils.set_random_seed(config.seed)
-  train_ds = input_pipeline.train_dataset(builder, spec, config.batch_size, config.seed,
-                                          shuffle_buffer=config.shuffle_buffer)
-  val_ds = input_pipeline.eval_dataset(builder, spec, 4, split="validation",
-                                       limit=max(config.eval_batches, 1) * 4)
+  num_examples = builder.info.splits["train"].num_examples
+  latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, CHECKPOINT_DIR))
+  start = checkpointing.read_position(latest, num_examples) if latest else 0
+  if start is None:  # a run from before input positions were saved: continue after its steps
+    start = int(tf.train.load_checkpoint(latest).get_tensor(
+        "step/.ATTRIBUTES/VARIABLE_VALUE")) * config.batch_size
+  contexts = []
+
+  def dataset_fn(input_context):
+    contexts.append(input_context)
+    return worker_train_dataset(builder, spec, config, start, input_context)
+
   # Bad records and labels fail here, before anything is written.
   with input_pipeline.input_errors(builder, ("train", "validation")):
-    next(iter(train_ds))
+    train_ds = strategy.distribute_datasets_from_function(dataset_fn)
+    next(iter(worker_train_dataset(builder, spec, config, start, contexts[0])))
+    val_ds = input_pipeline.eval_dataset(builder, spec, 4, split="validation",
+                                         limit=max(config.eval_batches, 1) * 4)
     grid_batch = next(iter(val_ds))
 
   chief = is_chief(strategy)
@@ -356,20 +389,29 @@ def run(config, log=print):
   try:
     if chief:
       os.makedirs(config.model_dir, exist_ok=True)
-      atomic_write(os.path.join(config.model_dir, FLAGS_FILE), config_to_flags(config))
-      atomic_write(os.path.join(config.model_dir, MODEL_CONFIG_FILE),
-                   json.dumps(record, indent=2))
-    return _train(config, strategy, builder, spec, kwargs, train_ds, val_ds, grid_batch,
-                  write_dir, chief, log)
+      for name, text in ((FLAGS_FILE, config_to_flags(config)),
+                         (MODEL_CONFIG_FILE, json.dumps(record, indent=2))):
+        path = os.path.join(config.model_dir, name)
+        try:
+          atomic_write(path, text)
+        except OSError as e:
+          raise checkpointing.WriteError(f"could not write {path}: "
+                                         f"{checkpointing.describe(e)}.") from None
+      removed = checkpointing.remove_unpublished(os.path.join(config.model_dir, CHECKPOINT_DIR))
+      if removed:
+        log(f"Removed unfinished checkpoint files {', '.join(removed)}.")
+    return _train(config, strategy, builder, spec, kwargs, train_ds, contexts[0], start,
+                  num_examples, val_ds, grid_batch, write_dir, chief, stop, log)
   finally:
     if not chief:
       shutil.rmtree(write_dir, ignore_errors=True)
 
 
-def _train(config, strategy, builder, spec, kwargs, train_ds, val_ds, grid_batch, write_dir,
-           chief, log):
+def _train(config, strategy, builder, spec, kwargs, train_ds, input_context, start_position,
+           num_examples, val_ds, grid_batch, write_dir, chief, stop, log):
   """The training loop of `run` (arguments as prepared there)."""
   replicas = strategy.num_replicas_in_sync
+  workers = input_context.num_input_pipelines
   with strategy.scope():
     model = models.get_model_class(config.model)(**kwargs)
     model.build((None,) + spec.image_shape)
@@ -377,31 +419,38 @@ def _train(config, strategy, builder, spec, kwargs, train_ds, val_ds, grid_batch
     optimizer = keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
     model.compile(optimizer=optimizer)
     optimizer.build(model.trainable_variables)
-  # One plain tf.data iterator per worker, saved in the checkpoint (a distributed iterator
-  # cannot be); `distribute_batch` hands each replica its rows.
-  iterator = iter(train_ds)
   # The training step is the optimizer's own counter; it is also saved under `step` so that
-  # `load_model` can read it without rebuilding an optimizer.
+  # `load_model` can read it without rebuilding an optimizer. The input position is two
+  # integers (no buffered examples): see `input_pipeline.train_dataset`.
   step = optimizer.iterations
-  checkpoint = tf.train.Checkpoint(weights=model_weights(model), optimizer=optimizer, step=step,
-                                  iterator=iterator)
-  manager = tf.train.CheckpointManager(
-      checkpoint, os.path.join(write_dir, CHECKPOINT_DIR), config.keep_checkpoints)
+  position = checkpointing.InputPosition(num_examples)
+  checkpoint = checkpointing.run_state(model_weights(model), optimizer, step, position)
+  checkpoint_dir = os.path.join(write_dir, CHECKPOINT_DIR)
   latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, CHECKPOINT_DIR))
   if latest:
-    checkpoint.restore(latest).assert_existing_objects_matched()
+    has_position = checkpointing.read_position(latest, num_examples) is not None
+    restore = checkpoint if has_position else checkpointing.run_state(
+        model_weights(model), optimizer, step, None)
+    restore.read(latest).expect_partial().assert_existing_objects_matched()
     log(f"Restored {latest} at step {int(step.numpy())}.")
+  iterator = iter(train_ds)
 
   @tf.function
-  def train_step(it):
+  def train_step(it, stop_requested):
     images, labels = next(it)
-    if config.debug_nan_step:
-      poison = tf.equal(step + 1, config.debug_nan_step)
-      images = tf.where(poison, tf.fill(tf.shape(images), float("nan")), images)
-    terms = strategy.run(model.train_step_terms,
-                         args=(distribute_batch(strategy, (images, labels)),))
-    return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
-            for k, v in terms.items()}
+
+    def replica_step(images, labels):
+      if config.debug_nan_step:
+        poison = tf.equal(step + 1, config.debug_nan_step)
+        images = tf.where(poison, tf.fill(tf.shape(images), float("nan")), images)
+      return model.train_step_terms((images, labels)), stop_requested
+
+    terms, stops = strategy.run(replica_step, args=(images, labels))
+    out = {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+           for k, v in terms.items()}
+    # Any worker's stop request stops every worker after this same step.
+    out["stop"] = strategy.reduce(tf.distribute.ReduceOp.SUM, stops, axis=None)
+    return out
 
   writers = {k: tf.summary.create_file_writer(os.path.join(write_dir, "summaries", k))
              for k in ("train", "validation")}
@@ -413,10 +462,19 @@ def _train(config, strategy, builder, spec, kwargs, train_ds, val_ds, grid_batch
       f"classes) for {config.train_steps} steps, batch {config.batch_size} on {replicas} "
       f"replica(s); starting at step {start}; allocator {runtime.current()}; "
       f"model_dir={config.model_dir}")
-  current = start
+  if workers > 1:
+    log(f"Worker {input_context.input_pipeline_id} of {workers} reads "
+        f"{config.batch_size // workers} of every {config.batch_size} examples (its replicas' "
+        f"rows); input position {start_position}.")
+  current, preempted = start, False
   with input_pipeline.input_errors(builder, ("train",)):
     while current < config.train_steps:
-      terms = {k: float(v) for k, v in train_step(iterator).items()}
+      requested = tf.constant(1.0 if stop else 0.0)
+      terms = {k: float(v) for k, v in train_step(iterator, requested).items()}
+      # One process stops after the step it is in; workers after the step that carried the
+      # first request (the same step on every worker).
+      stopping = bool(stop) if workers == 1 else terms["stop"] > 0
+      del terms["stop"]
       current = int(step.numpy())
       check_finite(terms, current, os.path.join(config.model_dir, CHECKPOINT_DIR))
       pending.append(terms)
@@ -435,15 +493,23 @@ def _train(config, strategy, builder, spec, kwargs, train_ds, val_ds, grid_batch
           log(f"step {current}/{config.train_steps} | {rate:.2f} steps/s | ETA "
               f"{_format_eta((config.train_steps - current) / max(rate, 1e-9))} | "
               + " ".join(f"{k} {v:.4g}" for k, v in logs.items()))
-      if chief and (current % config.eval_every == 0 or last):
+      if chief and not stopping and (current % config.eval_every == 0 or last):
         _evaluate_and_summarise(model, val_ds, grid_batch, writers["validation"], current,
                                 config.seed, log)
-      if current % config.checkpoint_every == 0 or last:
-        manager.save(checkpoint_number=current)
+      if current % config.checkpoint_every == 0 or last or stopping:
+        position.set(start_position + (current - start) * config.batch_size)
+        path = checkpointing.save(checkpoint, checkpoint_dir, current, config.keep_checkpoints,
+                                  pause=config.debug_checkpoint_pause)
+        if stopping and not last:
+          preempted = True
+          log(f"Stop requested ({getattr(stop, 'signal', None) or 'by another worker'}): "
+              f"saved step {current} to {path if chief else 'the chief'}; rerun the same "
+              f"command to continue.")
+          break
   for writer in writers.values():
     writer.flush()
   return {"step": int(step.numpy()), "logs": logs, "model_dir": config.model_dir,
-          "seconds": time.time() - t0, "model": model}
+          "seconds": time.time() - t0, "model": model, "preempted": preempted}
 
 
 def _evaluate_and_summarise(model, val_ds, grid_batch, writer, step, seed, log):
