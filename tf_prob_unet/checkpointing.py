@@ -25,6 +25,7 @@ import signal
 import threading
 import time
 
+import numpy as np
 import tensorflow as tf
 
 # Exit statuses of the train binary (sysexits.h values where one fits).
@@ -199,7 +200,7 @@ def size_bytes(prefix):
 
 def variables_bytes(variables):
   """Bytes of the values of `variables` (an iterable of tf.Variables)."""
-  return sum(v.shape.num_elements() * v.dtype.size for v in variables)
+  return sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for v in variables)
 
 
 class StopRequest:
