@@ -28,18 +28,16 @@ import time
 import numpy as np
 import tensorflow as tf
 
-# Exit statuses of the train binary (sysexits.h values where one fits).
-EXIT_OK = 0
-EXIT_BAD_INPUT = 2       # a bad flag or input, or a non-finite loss (one line on stderr)
-EXIT_WRITE_FAILED = 74   # EX_IOERR: a checkpoint, export or run file could not be written
-EXIT_PREEMPTED = 75      # EX_TEMPFAIL: stopped by SIGTERM/SIGINT after checkpointing; rerun
+from tf_prob_unet import errors
+
+# The train binary's exit statuses and the write error live in `errors` (no TensorFlow import).
+EXIT_BAD_INPUT = errors.EXIT_BAD_INPUT
+EXIT_WRITE_FAILED = errors.EXIT_WRITE_FAILED
+EXIT_PREEMPTED = errors.EXIT_PREEMPTED
+WriteError = errors.WriteError
 
 STATE_FILE = "checkpoint"
 PREFIX = "ckpt"
-
-
-class WriteError(Exception):
-  """A checkpoint or export could not be written; the message is one line naming the path."""
 
 
 def describe(error):

@@ -5,9 +5,12 @@ import sys
 from absl import app
 from absl import logging
 
+from tf_prob_unet import errors
+
 
 def main_with_errors(body):
-  """An absl `main` that runs `body()` and turns a `ValueError` into one line and exit code 2.
+  """An absl `main` that runs `body()` and turns a `ValueError` into one line and exit code 2
+  (a failed write, `errors.WriteError`, into one line and exit code 74).
 
   Args:
     body: a callable without arguments that reads the flags and does the work.
@@ -20,5 +23,8 @@ def main_with_errors(body):
       body()
     except ValueError as e:
       print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+      sys.exit(errors.EXIT_BAD_INPUT)
+    except errors.WriteError as e:  # the path named; nothing half-written
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(errors.EXIT_WRITE_FAILED)
   return main

@@ -39,6 +39,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_prob_unet import checkpointing
 from tf_prob_unet import train_lib
 from tf_prob_unet.models import ProbUNet
 
@@ -300,7 +301,11 @@ def write_saved_model(model, info, target):
     archive.add_endpoint(name, fn, input_signature=signature)
   parent = os.path.dirname(os.path.abspath(target))
   os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.path.basename(target)}-")
+  try:
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.path.basename(target)}-")
+  except OSError as e:
+    raise checkpointing.WriteError(f"could not write export {target}: "
+                                   f"{checkpointing.describe(e)}.") from None
   try:
     archive.write_out(tmp, verbose=False)
     record = {
@@ -311,6 +316,11 @@ def write_saved_model(model, info, target):
         "signatures": list(SIGNATURES), "preprocessing": "uint8 images / 255 (inside the graph)"}
     train_lib.atomic_write(os.path.join(tmp, INFO_FILE), json.dumps(record, indent=2))
     _replace_dir(tmp, target)
+  except (OSError, tf.errors.OpError) as e:
+    # Nothing half-written: the temporary directory goes, an earlier `target` stays as it was.
+    raise checkpointing.WriteError(f"could not write export {target}: "
+                                   f"{checkpointing.describe(e)}; nothing was written there."
+                                   ) from None
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return target

@@ -176,7 +176,7 @@ def is_chief(strategy):
   return bool(strategy.extended.should_checkpoint)
 
 
-def worker_train_dataset(builder, spec, config, start, input_context):
+def worker_train_dataset(builder, spec, config, start, input_context, with_ids=False):
   """The training pipeline of one worker: only its replicas' rows of every global batch.
 
   Replica r of R holds rows `[r*B/R, (r+1)*B/R)` of global batch s (stream positions
@@ -191,13 +191,14 @@ def worker_train_dataset(builder, spec, config, start, input_context):
     config: the `TrainConfig` (batch size, seed).
     start: the stream position of the first global batch (from the checkpoint).
     input_context: a `tf.distribute.InputContext` (workers, this worker's index, replicas).
+    with_ids: yield dicts with each example's `id`, `index`, `epoch` and `position` too.
   """
   replicas = input_context.num_replicas_in_sync
   local = replicas // input_context.num_input_pipelines
   first = input_context.input_pipeline_id * local
   return input_pipeline.train_dataset(builder, spec, config.batch_size, config.seed,
                                       start=start, num_replicas=replicas,
-                                      replicas=range(first, first + local))
+                                      replicas=range(first, first + local), with_ids=with_ids)
 
 
 def check_finite(terms, step, checkpoint_dir):
@@ -443,7 +444,7 @@ def _train(config, strategy, builder, spec, kwargs, train_ds, input_context, sta
       if config.debug_nan_step:
         poison = tf.equal(step + 1, config.debug_nan_step)
         images = tf.where(poison, tf.fill(tf.shape(images), float("nan")), images)
-      return model.train_step_terms((images, labels)), stop_requested
+      return model.train_step_terms((images, labels)), tf.identity(stop_requested)
 
     terms, stops = strategy.run(replica_step, args=(images, labels))
     out = {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
