@@ -184,6 +184,21 @@ def test_pipeline_rows_are_each_example_augmented_on_its_own(data_dir):
       assert sum(np.abs(x[row] - a).max() < 1e-5 for a in alone.values()) == 1, (step, row)
 
 
+def test_a_resumed_pipeline_sees_the_same_augmentation(data_dir, tmp_path):
+  builder = input_pipeline.get_builder(TINY_FLIPS, data_dir)
+  spec = input_pipeline.dataset_spec(builder)
+  make = lambda: iter(input_pipeline.train_dataset(  # noqa: E731
+      builder, spec, 4, seed=2, shuffle_buffer=8, augment=True))
+  iterator = make()
+  next(iterator)
+  path = tf.train.Checkpoint(iterator=iterator).save(str(tmp_path / "ckpt"))
+  expected = [next(iterator)[0].numpy() for _ in range(2)]
+  resumed = make()
+  tf.train.Checkpoint(iterator=resumed).restore(path)
+  for batch in expected:
+    np.testing.assert_array_equal(next(resumed)[0].numpy(), batch)
+
+
 def _child_replicas(root):
   """Runs in a fresh process: the first augmented batch on one device and as the two replicas
   of a MirroredStrategy on two logical CPUs receive it."""
