@@ -93,10 +93,10 @@ def _two_sided(key, low, high):
   """batchgenerators' draw for scale and gamma: with p = 0.5 from `[low, 1)`, else from
   `[max(low, 1), high)` (always the latter when `low >= 1`)."""
   keys = tf.random.split(key, 2)
-  below = tf.random.stateless_uniform([], keys[0], low, 1.0)
   above = tf.random.stateless_uniform([], keys[1], max(low, 1.0), high)
   if low >= 1.0:
     return above
+  below = tf.random.stateless_uniform([], keys[0], low, 1.0)
   pick = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(key, 7))
   return tf.where(pick < 0.5, below, above)
 
@@ -215,6 +215,9 @@ def augment_example(example, key, config=REFERENCE):
     dtype and shape (nearest neighbour; `label_fill` outside the input).
   """
   image = tf.cast(example["image"], tf.float32)
+  if image.shape.rank != 3 or not image.shape.is_fully_defined():
+    raise ValueError(f"augment: expected an image of static shape [H, W, C], found "
+                     f"{image.shape}.")
   height, width, num_channels = image.shape
   spatial_key, gamma_key = tf.unstack(tf.random.split(key, 2))
   rows, cols = sampling_grid(spatial_key, height, width, config)
