@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench.common import emit, machine  # noqa: E402
-from tf_prob_unet import checkpointing, input_pipeline, train_lib  # noqa: E402
+from tf_prob_unet import checkpointing, input_pipeline, run_dir, train_lib  # noqa: E402
 
 DATASET = "synthetic_ambiguous/lidc_like_tiny"
 STEP = re.compile(r"^step (\d+)/")
@@ -94,8 +94,8 @@ def _unpublished(checkpoint_dir):
 
 
 def weights(model_dir):
-  model, info = train_lib.load_model(model_dir)
-  return {k: v.numpy() for k, v in train_lib.model_weights(model).items()}, info
+  model, info = run_dir.load_model(model_dir)
+  return {k: v.numpy() for k, v in run_dir.model_weights(model).items()}, info
 
 
 def soak(steps=300, checkpoint_every=20, kills=5, sigterms=2, seed=0, workdir="runs/soak",
@@ -108,7 +108,7 @@ def soak(steps=300, checkpoint_every=20, kills=5, sigterms=2, seed=0, workdir="r
   input_pipeline.get_builder(DATASET, data_dir)  # prepared once, before any process is killed
   rng = random.Random(seed)
   config = soak_config(os.path.join(workdir, "soaked"), data_dir, steps, checkpoint_every)
-  checkpoint_dir = os.path.join(config.model_dir, train_lib.CHECKPOINT_DIR)
+  checkpoint_dir = os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR)
   events = ["kill_mid_write"] + ["kill"] * (kills - 1) + ["sigterm"] * sigterms
   rng.shuffle(events)
   # Fault i lands near step (i + 1) * steps / (faults + 1), jittered by half an interval.
@@ -176,7 +176,7 @@ def soak(steps=300, checkpoint_every=20, kills=5, sigterms=2, seed=0, workdir="r
   soaked, info = weights(config.model_dir)
   reference, _ = weights(straight.model_dir)
   diff = max(float(np.abs(soaked[k] - reference[k]).max()) for k in reference)
-  model, _ = train_lib.load_model(config.model_dir)
+  model, _ = run_dir.load_model(config.model_dir)
   optimizer = keras.optimizers.Adam(1e-3)
   optimizer.build(model.trainable_variables)
   variable_bytes = (checkpointing.variables_bytes(model.variables)

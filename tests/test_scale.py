@@ -18,7 +18,8 @@ import pytest
 import tensorflow as tf
 
 from tests import test_distributed as td
-from tf_prob_unet import checkpointing, errors, export_lib, input_pipeline, train_lib
+from tf_prob_unet import (checkpointing, errors, export_lib, input_pipeline, run_dir,
+                          train_lib)
 
 TINY = td.TINY
 
@@ -142,7 +143,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one_and_names_the_path(tmp
   checkpoints = os.path.join(config.model_dir, "checkpoints")
   assert tf.train.latest_checkpoint(checkpoints).endswith("ckpt-2")
   assert not [f for f in os.listdir(checkpoints) if f.startswith("ckpt-4")]
-  model, info = train_lib.load_model(config.model_dir)
+  model, info = run_dir.load_model(config.model_dir)
   assert info["step"] == 2 and all(np.isfinite(v.numpy()).all() for v in model.variables)
   # The same command continues from step 2 once there is space again.
   result = train_lib.run(config, log=lambda *_: None)
@@ -286,7 +287,7 @@ def test_cityscapes_size_checkpoint_is_its_variables(tmp_path):
       cwd=td.REPO, env=td._env(), capture_output=True, text=True, timeout=900)  # pylint: disable=protected-access
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "((256, 512, 3), 24 classes)" in proc.stdout
-  model, info = train_lib.load_model(str(run))
+  model, info = run_dir.load_model(str(run))
   optimizer = keras.optimizers.Adam(1e-4)
   optimizer.build(model.trainable_variables)
   variables = (checkpointing.variables_bytes(model.variables)

@@ -28,6 +28,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from tf_prob_unet import augment as augmentation
+
 REPO_DATASETS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                  "datasets")
 DATASETS_DIR_ENV = "TF_PROB_UNET_DATASETS_DIR"
@@ -415,7 +417,7 @@ def example_at(position, seed, num_examples):
 
 
 def train_dataset(builder, spec, batch_size, seed=0, split="train", shuffle_buffer=None, start=0,
-                  num_replicas=1, replicas=None, with_ids=False):
+                  num_replicas=1, replicas=None, with_ids=False, augment=False):
   """An endless, seeded training pipeline of `(images [b, H, W, C], labels [b, H, W] int32)`.
 
   The stream is index-based: position `p` (0, 1, 2, ... over the whole run) is example
@@ -432,6 +434,10 @@ def train_dataset(builder, spec, batch_size, seed=0, split="train", shuffle_buff
   element, replica by replica, step by step. With the defaults (one replica), an element is the
   whole global batch.
 
+  With `augment`, image, cue and label(s) are augmented together before the grader draw and the
+  flips (`augment.augment_example`), keyed by `(seed, example id, global training step)` (the
+  step is `position // B`, the same on every worker).
+
   Args:
     builder: a prepared TFDS builder.
     spec: its `DatasetSpec`.
@@ -445,11 +451,14 @@ def train_dataset(builder, spec, batch_size, seed=0, split="train", shuffle_buff
     replicas: the replica ids this pipeline feeds (default: all).
     with_ids: yield dicts with `image`, `label`, `id` (the example's `id` feature or its index
       as a string), `index` (in the split), `epoch` and `position`, instead of tuples.
+    augment: False, True (the reference's Cityscapes augmentation, `augment.REFERENCE`) or an
+      `augment.AugmentConfig`.
 
   Raises:
     tf.errors.DataLossError: a truncated record file (see `RecordIndex`).
   """
   del shuffle_buffer
+  augment_config = augmentation.REFERENCE if augment is True else augment or None
   records = RecordIndex(builder, split)
   num = records.num_examples
   if num == 0:
@@ -469,6 +478,9 @@ def train_dataset(builder, spec, batch_size, seed=0, split="train", shuffle_buff
     ex = _check_example(ex, spec, example_id)
     # Each example's draws are keyed by its stream position (the same on any worker).
     key = tf.stack([tf.cast(seed, tf.int64), position])
+    if augment_config is not None:  # Keyed by the example and the step it is drawn for.
+      ex = augmentation.augment_example(ex, augmentation.example_key(
+          seed, ex["id"] if "id" in ex else index, position // batch_size), augment_config)
     image = model_inputs(ex, spec)
     if spec.kind == "graders":
       num_graders = tf.shape(ex["masks"])[0]

@@ -64,6 +64,8 @@ _HELP = {
     "eval_batches": "Validation batches (of 4) per evaluation.",
     "shuffle_buffer": "Unused (kept so that older flagfiles replay): the input order is a full "
                       "seeded permutation of the training split per epoch.",
+    "augment": "Augment the training examples as the reference's Cityscapes pipeline: mirror, "
+               "elastic deformation, rotation, scaling, crop, gamma (docs/training.md).",
     "debug_nan_step": "Testing only: make the images of this 1-based step NaN, to exercise the "
                       "non-finite guard, which names the loss terms or the gradient norm that "
                       "became non-finite (0: off).",

@@ -21,11 +21,9 @@ from tf_prob_unet import checkpointing
 from tf_prob_unet import runtime
 from tf_prob_unet import input_pipeline
 from tf_prob_unet import models
+from tf_prob_unet import run_dir
 
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
-MODEL_CONFIG_FILE = "model_config.json"
-FLAGS_FILE = "flags.cfg"
-CHECKPOINT_DIR = "checkpoints"
 
 
 @dataclasses.dataclass
@@ -69,6 +67,7 @@ class TrainConfig:
   eval_every: int = 500
   eval_batches: int = 4
   shuffle_buffer: int = 1024  # unused: the input order is a full seeded permutation per epoch
+  augment: bool = False
   # Testing only: turn the images of this (1-based) step into NaN (0: never).
   debug_nan_step: int = 0
   # Testing only: seconds between writing a checkpoint and publishing it (a fault lands mid-write).
@@ -118,17 +117,6 @@ def config_to_flags(config):
       value = ",".join(str(v) for v in value)
     lines.append(f"--{field.name}={value}")
   return "\n".join(lines) + "\n"
-
-
-def atomic_write(path, text):
-  """Writes `text` (str or bytes) to `path` through a temporary file and a rename (never
-  half-written)."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-  with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def learning_rate_schedule(values, boundaries):
@@ -198,7 +186,8 @@ def worker_train_dataset(builder, spec, config, start, input_context, with_ids=F
   first = input_context.input_pipeline_id * local
   return input_pipeline.train_dataset(builder, spec, config.batch_size, config.seed,
                                       start=start, num_replicas=replicas,
-                                      replicas=range(first, first + local), with_ids=with_ids)
+                                      replicas=range(first, first + local), with_ids=with_ids,
+                                      augment=config.augment)
 
 
 def check_finite(terms, step, checkpoint_dir):
@@ -240,50 +229,6 @@ def model_kwargs(config, spec):
   return models.filter_kwargs(config.model, kwargs)
 
 
-def model_weights(model):
-  """The model's variables keyed by their path below the model (`"unet/encoder/..."`).
-
-  Checkpoints track the model's variables through this dict, by name. (A `tf.train.Checkpoint`
-  holding the Keras 3 model object itself restored some layers' weights into the wrong
-  variables here, silently; keyed by path it is exact, and a test checks it.) Keras'
-  dropout RNG state is not included.
-  """
-  # Random-number state of Keras' own dropout layers (`seed_generator_<n>/...`) is left out: it
-  # is not a weight, and its layer counter differs between processes, so its path is not stable.
-  return {v.path.split("/", 1)[1]: v for v in model.variables
-          if "seed_generator" not in v.path}
-
-
-def load_model(model_dir, checkpoint=None):
-  """Rebuilds the model of a run and restores its latest (or the given) checkpoint.
-
-  Returns:
-    `(model, info)` where `info` is the saved `model_config.json` (model name, constructor
-    arguments, input shape, dataset, training step of the checkpoint under `step`).
-
-  Raises:
-    ValueError: `model_dir` has no model configuration or no checkpoint.
-  """
-  config_path = os.path.join(model_dir, MODEL_CONFIG_FILE)
-  if not os.path.exists(config_path):
-    raise ValueError(f"--model_dir: expected a training run with {MODEL_CONFIG_FILE} in "
-                     f"{model_dir!r}, found none.")
-  with open(config_path) as f:
-    info = json.load(f)
-  checkpoint = checkpoint or tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_DIR))
-  if not checkpoint:
-    raise ValueError(f"--model_dir: expected a checkpoint under "
-                     f"{os.path.join(model_dir, CHECKPOINT_DIR)!r}, found none.")
-  model = models.get_model_class(info["model"])(**info["kwargs"])
-  model.build((None,) + tuple(info["input_shape"]))
-  step = tf.Variable(0, dtype=tf.int64)
-  status = tf.train.Checkpoint(weights=model_weights(model), step=step).read(checkpoint)
-  status.expect_partial().assert_existing_objects_matched()
-  info["step"] = int(step.numpy())
-  info["checkpoint"] = checkpoint
-  return model, info
-
-
 def _sample_grid(images, references, samples):
   """A `[1, B*H, (1+R+M)*W, 1]` grid: image channel 0, references, samples (one row per image)."""
   rows = []
@@ -305,9 +250,9 @@ def _format_eta(seconds):
 
 def _check_resume(config, record):
   """A run in `model_dir` resumes only with the same model and input shape."""
-  path = os.path.join(config.model_dir, MODEL_CONFIG_FILE)
+  path = os.path.join(config.model_dir, run_dir.MODEL_CONFIG_FILE)
   if not (os.path.exists(path) and tf.train.latest_checkpoint(
-      os.path.join(config.model_dir, CHECKPOINT_DIR))):
+      os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR))):
     return
   with open(path) as f:
     saved = json.load(f)
@@ -365,7 +310,7 @@ def run(config, log=print, stop=None):
 
   keras.utils.set_random_seed(config.seed)
   num_examples = builder.info.splits["train"].num_examples
-  latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, CHECKPOINT_DIR))
+  latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR))
   start = checkpointing.read_position(latest, num_examples) if latest else 0
   if start is None:  # a run from before input positions were saved: continue after its steps
     start = int(tf.train.load_checkpoint(latest).get_tensor(
@@ -390,15 +335,16 @@ def run(config, log=print, stop=None):
   try:
     if chief:
       os.makedirs(config.model_dir, exist_ok=True)
-      for name, text in ((FLAGS_FILE, config_to_flags(config)),
-                         (MODEL_CONFIG_FILE, json.dumps(record, indent=2))):
+      for name, text in ((run_dir.FLAGS_FILE, config_to_flags(config)),
+                         (run_dir.MODEL_CONFIG_FILE, json.dumps(record, indent=2))):
         path = os.path.join(config.model_dir, name)
         try:
-          atomic_write(path, text)
+          run_dir.atomic_write(path, text)
         except OSError as e:
           raise checkpointing.WriteError(f"could not write {path}: "
                                          f"{checkpointing.describe(e)}.") from None
-      removed = checkpointing.remove_unpublished(os.path.join(config.model_dir, CHECKPOINT_DIR))
+      removed = checkpointing.remove_unpublished(
+          os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR))
       if removed:
         log(f"Removed unfinished checkpoint files {', '.join(removed)}.")
     return _train(config, strategy, builder, spec, kwargs, train_ds, contexts[0], start,
@@ -425,13 +371,13 @@ def _train(config, strategy, builder, spec, kwargs, train_ds, input_context, sta
   # integers (no buffered examples): see `input_pipeline.train_dataset`.
   step = optimizer.iterations
   position = checkpointing.InputPosition(num_examples)
-  checkpoint = checkpointing.run_state(model_weights(model), optimizer, step, position)
-  checkpoint_dir = os.path.join(write_dir, CHECKPOINT_DIR)
-  latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, CHECKPOINT_DIR))
+  checkpoint = checkpointing.run_state(run_dir.model_weights(model), optimizer, step, position)
+  checkpoint_dir = os.path.join(write_dir, run_dir.CHECKPOINT_DIR)
+  latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR))
   if latest:
     has_position = checkpointing.read_position(latest, num_examples) is not None
     restore = checkpoint if has_position else checkpointing.run_state(
-        model_weights(model), optimizer, step, None)
+        run_dir.model_weights(model), optimizer, step, None)
     restore.read(latest).expect_partial().assert_existing_objects_matched()
     log(f"Restored {latest} at step {int(step.numpy())}.")
   iterator = iter(train_ds)
@@ -477,7 +423,7 @@ def _train(config, strategy, builder, spec, kwargs, train_ds, input_context, sta
       stopping = bool(stop) if workers == 1 else terms["stop"] > 0
       del terms["stop"]
       current = int(step.numpy())
-      check_finite(terms, current, os.path.join(config.model_dir, CHECKPOINT_DIR))
+      check_finite(terms, current, os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR))
       pending.append(terms)
       last = current == config.train_steps
       if current % config.summary_every == 0 or current % config.log_every == 0 or last:
