@@ -284,7 +284,7 @@ def test_bad_features_and_label_values_are_named(tmp_path, monkeypatch):
   spec = input_pipeline.dataset_spec(builder)
   with pytest.raises(ValueError, match=r"example train_3: `masks` has label value 7; expected "
                                        r"values in \[0, 2\) or 255"):
-    with input_pipeline.input_errors(builder, ("train",)):  # one epoch: two batches of 8
+    with input_pipeline.input_errors(builder, ("train",)):  # one epoch: 2 batches of 4
       list(input_pipeline.train_dataset(builder, spec, 4).take(2))
   with pytest.raises(ValueError, match="example test_3: `masks` has label value 7"):
     with input_pipeline.input_errors(builder, ("test",)):

@@ -246,8 +246,12 @@ def test_two_workers_stop_together_on_sigterm_and_resume_to_a_single_process_res
     return procs, logs
 
   procs, logs = start(0)
-  _wait_for_step(logs[1], 4, procs[1])
-  procs[1].send_signal(signal.SIGTERM)  # the non-chief worker is pre-empted
+  # The non-chief worker is pre-empted once it is set up, while its first step is being built.
+  deadline = time.time() + 600
+  while "Worker 1 of 2 reads" not in logs[1].read_text() and time.time() < deadline:
+    assert procs[1].poll() is None, logs[1].read_text()[-2000:]
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)
   codes = [p.wait(timeout=600) for p in procs]
   texts = [p.read_text() for p in logs]
   assert codes == [errors.EXIT_PREEMPTED] * 2, texts[0][-2000:] + texts[1][-2000:]
