@@ -191,6 +191,16 @@ def _wait_for_step(log_path, step, proc, timeout=600):
   raise AssertionError(f"the run did not reach step {step}: {open(log_path).read()[-2000:]}")
 
 
+def _assert_same_as_uninterrupted(tmp_path, model_dir, total, atol):
+  """The run in `model_dir` ended at `total` with the weights of one uninterrupted process."""
+  straight = td._config(tmp_path, name="straight", train_steps=total, checkpoint_every=total)  # pylint: disable=protected-access
+  train_lib.run(straight, log=lambda *_: None)
+  resumed, step = td._weights(model_dir)  # pylint: disable=protected-access
+  reference, _ = td._weights(straight.model_dir)  # pylint: disable=protected-access
+  assert step == total
+  td._assert_same_weights(resumed, reference, atol=atol)  # pylint: disable=protected-access
+
+
 @pytest.mark.slow
 def test_sigterm_checkpoints_the_step_and_a_restart_ends_like_an_uninterrupted_run(tmp_path):
   total = 30
@@ -215,12 +225,7 @@ def test_sigterm_checkpoints_the_step_and_a_restart_ends_like_an_uninterrupted_r
   assert again.returncode == 0, again.stderr[-3000:]
   assert f"starting at step {reached};" in again.stdout
   assert min(td._losses(again.stdout)) == reached + 1  # pylint: disable=protected-access
-  train_lib.run(td._config(tmp_path, name="straight", train_steps=total,  # pylint: disable=protected-access
-                           checkpoint_every=total), log=lambda *_: None)
-  resumed, step = td._weights(config.model_dir)  # pylint: disable=protected-access
-  straight, _ = td._weights(str(tmp_path / "straight"))  # pylint: disable=protected-access
-  assert step == total
-  td._assert_same_weights(resumed, straight, atol=1e-5)  # pylint: disable=protected-access
+  _assert_same_as_uninterrupted(tmp_path, config.model_dir, total, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -267,12 +272,8 @@ def test_two_workers_stop_together_on_sigterm_and_resume_to_a_single_process_res
   codes = [p.wait(timeout=900) for p in procs]
   assert codes == [0, 0], logs[0].read_text()[-2000:] + logs[1].read_text()[-2000:]
   assert f"starting at step {stops[0]};" in logs[0].read_text()
-  train_lib.run(td._config(tmp_path, name="single", train_steps=total,  # pylint: disable=protected-access
-                           checkpoint_every=total), log=lambda *_: None)
-  chief, step = td._weights(config.model_dir)  # pylint: disable=protected-access
-  single, _ = td._weights(str(tmp_path / "single"))  # pylint: disable=protected-access
-  assert step == total
-  td._assert_same_weights(chief, single, atol=2e-5)  # pylint: disable=protected-access
+  # The tolerance of the two-worker test in test_distributed.py.
+  _assert_same_as_uninterrupted(tmp_path, config.model_dir, total, atol=2e-5)
 
 
 # --- checkpoint size -----------------------------------------------------------------------------
