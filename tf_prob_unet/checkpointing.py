@@ -232,8 +232,17 @@ class StopRequest:
       yield self
       return
     previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    self._active = True
     try:
       yield self
     finally:
+      self._active = False
       for s, handler in previous.items():
         signal.signal(s, handler)
+
+  def reinstall(self):
+    """Puts the handlers back (inside `installed`): TensorFlow's coordination service installs
+    its own SIGTERM handler when a multi-worker strategy starts."""
+    if getattr(self, "_active", False) and threading.current_thread() is threading.main_thread():
+      for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, self._handle)

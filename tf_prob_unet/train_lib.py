@@ -298,6 +298,8 @@ def run(config, log=print, stop=None):
   """
   config.validate()
   strategy = make_strategy(config.strategy)
+  if hasattr(stop, "reinstall"):  # a multi-worker strategy may have taken over SIGTERM
+    stop.reinstall()
   replicas = strategy.num_replicas_in_sync
   check_batch_size(config.batch_size, replicas)
   builder = input_pipeline.get_builder(config.dataset, config.data_dir or None)
