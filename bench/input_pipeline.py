@@ -3,8 +3,8 @@
 Prints one JSON line. The Probabilistic U-Net (channels (32, 64, 128, 192), 3 convolutions per
 block) trains on the synthetic LIDC-like dataset at 128x128 (`synthetic_ambiguous/lidc_like_128`,
 built into `runs/data` on first use) with the training pipeline of the train binary
-(`input_pipeline.train_dataset`: shuffling, the seeded grader draw, batching, prefetch); the same
-compiled step is then timed on one batch held in memory. `input_pipeline_overhead` is
+(`input_pipeline.train_dataset`: index-based reads in a seeded per-epoch order, the seeded grader
+draw, batching, prefetch); the same compiled step is then timed on one batch held in memory. `input_pipeline_overhead` is
 `pipeline_step_s / in_memory_step_s - 1` (0.05 = 5%).
 
 Usage: python bench/input_pipeline.py [--batch 8] [--steps 6] [--data_dir runs/data]
