@@ -25,7 +25,7 @@ class UserDataBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   name = "user_data"
   VERSION = tfds.core.Version(VERSION)
-  RELEASE_NOTES = {VERSION: "Imported with tf_prob_unet.import_data."}
+  RELEASE_NOTES = {str(VERSION): "Imported with tf_prob_unet.import_data."}
   pkg_dir_path = tfds.core.Path(__file__).parent
   SCAN = None  # A user_data_lib.Scan, set by make_builder.
 
