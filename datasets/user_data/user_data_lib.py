@@ -175,7 +175,11 @@ def match_folder(source, image_pattern, masks_pattern):
                        f"{masks.names} in {masks_pattern!r}.")
   files = list_files(source)
   images, by_values = {}, {}
-  for name in files:
+  for name in files:  # A file matching both patterns is a mask (`{case}.nii`, `{case}_r*.nii`).
+    values = masks.match(name)
+    if values is not None:
+      by_values.setdefault("/".join(values[n] for n in image.names), []).append(name)
+      continue
     values = image.match(name)
     if values is not None:
       key = "/".join(values[n] for n in image.names)
@@ -183,10 +187,6 @@ def match_folder(source, image_pattern, masks_pattern):
         raise ImportError_(f"{os.path.join(source, name)}: expected one image per case, found a "
                            f"second one for {key!r} (the other: {images[key]}).")
       images[key] = name
-      continue
-    values = masks.match(name)
-    if values is not None:
-      by_values.setdefault("/".join(values[n] for n in image.names), []).append(name)
   if not images:
     raise ImportError_(f"--image: {image_pattern!r} matches no file under {source} "
                        f"({len(files)} files, e.g. {files[:3]}).")
@@ -260,6 +260,22 @@ def _is_volume(path, array):
       _extension(path) == ".npy" and array.shape[-1] in (1, 3))
 
 
+def to_uint8_values(array, name):
+  """Pixel values as uint8, any shape (see `to_uint8_image`; a volume is scaled as a whole)."""
+  array = np.asarray(array)
+  if array.dtype == bool or not np.issubdtype(array.dtype, np.number) or not array.size:
+    raise ImportError_(f"{name}: expected a numeric image, found dtype {array.dtype} of shape "
+                       f"{list(array.shape)}.")
+  if array.dtype == np.uint8:
+    return array
+  if (np.issubdtype(array.dtype, np.floating) and np.nanmin(array) >= 0
+      and np.nanmax(array) <= 1):
+    return np.round(np.nan_to_num(array) * 255.0).astype(np.uint8)
+  lo, hi = float(np.nanmin(array)), float(np.nanmax(array))
+  scaled = (np.nan_to_num(array.astype(np.float64), nan=lo) - lo) / max(hi - lo, 1e-12)
+  return np.round(scaled * 255.0).astype(np.uint8)
+
+
 def to_uint8_image(array, name):
   """An image as uint8 `[H, W, C]`, C in {1, 3}.
 
@@ -272,18 +288,7 @@ def to_uint8_image(array, name):
   if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
     raise ImportError_(f"{name}: expected an image [H, W] or [H, W, C] with C in 1, 3, found "
                        f"shape {list(array.shape)}.")
-  array = array[..., :3]
-  if array.dtype == bool or not (np.issubdtype(array.dtype, np.number)):
-    raise ImportError_(f"{name}: expected a numeric image, found dtype {array.dtype}.")
-  if array.dtype == np.uint8:
-    out = array
-  elif (np.issubdtype(array.dtype, np.floating) and array.size and np.nanmin(array) >= 0
-        and np.nanmax(array) <= 1):
-    out = np.round(np.nan_to_num(array) * 255.0).astype(np.uint8)
-  else:
-    lo, hi = float(np.nanmin(array)), float(np.nanmax(array))
-    scaled = (np.nan_to_num(array.astype(np.float64), nan=lo) - lo) / max(hi - lo, 1e-12)
-    out = np.round(scaled * 255.0).astype(np.uint8)
+  out = to_uint8_values(array[..., :3], name)
   if out.shape[-1] == 3 and np.all(out == out[..., :1]):
     out = out[..., :1]  # Grey stored as RGB.
   return out
@@ -421,12 +426,13 @@ class _Reader:
   def __init__(self, options, pickle_data=None):
     self.options = options
     self.pickle_data = pickle_data
-    self._cache = (None, None)
+    self._volumes = {}  # The volumes of the last case read, by (path, is image).
 
-  def _volume(self, path):
-    if self._cache[0] != path:
-      self._cache = (path, read_array(path))
-    return self._cache[1]
+  def _volume(self, path, image=False):
+    if (path, image) not in self._volumes:  # The image volume is scaled to uint8 as a whole.
+      array = read_array(path)
+      self._volumes[(path, image)] = to_uint8_values(array, path) if image else array
+    return self._volumes[(path, image)]
 
   def read(self, case):
     """`(image array, [raw mask [H, W] int64], name of the image)`."""
@@ -435,7 +441,10 @@ class _Reader:
       return (to_uint8_image(image, f"{where}['image']"),
               [raw_mask(m, f"{where}['masks'][{i}]") for i, m in enumerate(masks)], where)
     paths = (case.image,) + case.masks
-    arrays = [self._volume(p) if case.index is not None else read_array(p) for p in paths]
+    if (case.image, True) not in self._volumes:
+      self._volumes.clear()
+    arrays = [self._volume(p, image=k == 0) if case.index is not None else read_array(p)
+              for k, p in enumerate(paths)]
     name = case.image
     if case.index is not None:
       axis = self.options.slice_axis
