@@ -172,8 +172,8 @@ def test_pre_split_tree_one_folder_per_rater(tmp_path):
   rng = np.random.default_rng(3)
   cases = {}
   for split in ("training", "testing"):
-    for key, value in make_cases(rng, 4, 2).items():
-      cases[f"{split}/{key}/s{rng.integers(100)}"] = value
+    for key, value in make_cases(rng, 6, 2).items():
+      cases[f"{split}/{split[:3]}{key}/s{rng.integers(100)}"] = value
   for key, (image, labels) in cases.items():
     split, patient, slice_ = key.split("/")
     write_png(str(tmp_path / "src" / split / patient / "images" / f"{slice_}.png"), image[..., 0])
@@ -181,10 +181,17 @@ def test_pre_split_tree_one_folder_per_rater(tmp_path):
       write_png(str(tmp_path / "src" / split / patient / f"mask-{r}" / f"{slice_}.png"),
                 label * 255)
   builder, _ = run_import(tmp_path, image="{patient}/images/{slice}.png",
-                          masks="{patient}/mask-*/{slice}.png", split_from_path=True)
-  assert set(builder.info.splits) == {"train", "test"}
+                          masks="{patient}/mask-*/{slice}.png", split_from_path=True,
+                          group=r"^\w+/(\w+)/")
+  groups = {k.split("/")[1] for k in cases if k.startswith("training/")}
+  assert any(LIB.lidc_common.patient_split(g) == "validation" for g in groups)  # Test data.
+  assert set(builder.info.splits) == {"train", "validation", "test"}
   for key, (split, ex) in read_all(builder).items():
-    assert split == {"training": "train", "testing": "test"}[key.split("/")[0]]
+    if key.startswith("testing/"):
+      assert split == "test"
+    else:  # No validation folder: the train groups that hash into validation.
+      want = LIB.lidc_common.patient_split(key.split("/")[1])
+      assert split == ("validation" if want == "validation" else "train")
     np.testing.assert_array_equal(ex["masks"], cases[key][1])
 
 

@@ -56,7 +56,9 @@ class ImportOptions:
     slice_axis: the axis along which 3-D NIfTI/npy volumes are cut into 2-D slices.
     slices: `"all"` slices of a volume, or the `"annotated"` ones (any rater marks something).
     split_from_path: take the split from a component of the case key (`train`/`training`,
-      `val`/`validation`, `test`/`testing`) instead of hashing the group.
+      `val`/`validation`, `test`/`testing`) instead of hashing the group. Without any
+      validation case, the train groups that `patient_split` puts in validation (about 15%)
+      become the validation split.
     group: a regular expression searched in the case key; its first capture group (or the whole
       match) is the group id, which decides the split; None: the whole key.
     num_classes: K (None: inferred from the masks, at least 2).
@@ -579,8 +581,11 @@ def scan(options, log=print):
   height, width = _stored_size(options, sizes)
   by_split = {s: [] for s in SPLITS}
   group_split = {}
-  for case in kept:
-    split = split_of(options, case.key, case.group)
+  assigned = [(case, split_of(options, case.key, case.group)) for case in kept]
+  carve = options.split_from_path and "validation" not in {s for _, s in assigned}
+  for case, split in assigned:
+    if carve and split == "train" and lidc_common.patient_split(case.group) == "validation":
+      split = "validation"  # A source without a validation folder: ~15% of its train groups.
     if group_split.setdefault(case.group, split) != split:
       raise ImportError_(f"case {case.key!r}: expected its group {case.group!r} in one split, "
                          f"found it in {group_split[case.group]} and {split}.")
