@@ -11,6 +11,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from tests import helpers
 from tf_prob_unet import import_lib
 from tf_prob_unet import input_pipeline
 
@@ -387,7 +388,6 @@ def test_existing_dataset_needs_overwrite_and_names_are_checked(tmp_path):
 
 @pytest.mark.slow  # A subprocess importing TensorFlow.
 def test_binary_reports_bad_input_in_one_line(tmp_path):
-  from tests import helpers  # pylint: disable=g-import-not-at-top
   result = helpers.run_binary("tf_prob_unet.import_data", "--name=x", f"--source={tmp_path}/no",
                               f"--data_dir={tmp_path}/tfds", "--image={c}.png",
                               "--masks={c}_m.png", timeout=300)
@@ -395,3 +395,40 @@ def test_binary_reports_bad_input_in_one_line(tmp_path):
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("import_data: --source: expected a folder") and "Traceback" not in (
       result.stderr)
+
+
+# --- real data: the LIDC-IDRI slices through --format=folder ------------------------------------
+
+# The shared data sits next to the repository (`../shared`), or next to a worktree's parent.
+_CANDIDATES = [os.path.join(base, "shared", "data", "lidc_idri_slices", "LIDC-IDRI-slices.zip")
+               for base in (os.path.dirname(helpers.REPO),
+                            os.path.dirname(os.path.dirname(helpers.REPO)))]
+SHARED_ZIP = os.environ.get("LIDC_SLICES_ZIP", next(
+    (p for p in _CANDIDATES if os.path.isfile(p)), _CANDIDATES[0]))
+
+
+@pytest.mark.skipif(not os.path.isfile(SHARED_ZIP), reason=f"no shared zip at {SHARED_ZIP}")
+def test_lidc_slices_through_folder_format_equal_the_lidc_builder(tmp_path):
+  import importlib  # pylint: disable=g-import-not-at-top
+  import zipfile  # pylint: disable=g-import-not-at-top
+  package = LIB.__name__.rsplit(".", 2)[0]
+  slices_reader = importlib.import_module(f"{package}.lidc.slices_reader")
+  with zipfile.ZipFile(SHARED_ZIP) as z:
+    names = z.namelist()
+    patients = sorted({n.split("/")[1] for n in names if n.count("/") >= 4})[:4]
+    z.extractall(tmp_path / "manual", [n for n in names if n.count("/") >= 2
+                                       and n.split("/")[1] in patients and not n.endswith("/")])
+  source = tmp_path / "manual" / slices_reader.FOLDER_NAME
+  builder, _ = run_import(tmp_path, name="lidc_folder", source=str(source),
+                          image="{patient}/{lesion}/images/{slice}.png",
+                          masks="{patient}/{lesion}/mask-*/{slice}.png", group=r"^([^/]+)/")
+  got = read_all(builder)
+  want = {}
+  for split, examples in slices_reader.split_generators(str(tmp_path / "manual")).items():
+    want.update({key: (split, ex) for key, ex in examples})
+  assert len(want) > 10 and sorted(got) == sorted(want)
+  assert builder.info.metadata["num_raters"] == 4 and builder.info.metadata["num_classes"] == 2
+  for key, (split, ex) in want.items():
+    assert got[key][0] == split
+    np.testing.assert_array_equal(got[key][1]["image"], ex["image"])
+    np.testing.assert_array_equal(got[key][1]["masks"], ex["masks"])
