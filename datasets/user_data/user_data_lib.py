@@ -520,7 +520,7 @@ def _progress(iterable, total, desc):
     import tqdm  # pylint: disable=g-import-not-at-top
   except ImportError:
     return iterable
-  return tqdm.tqdm(iterable, total=total, desc=desc, unit=" images", leave=False)
+  return tqdm.tqdm(iterable, total=total, desc=desc, unit=" images", leave=False, mininterval=2)
 
 
 def scan(options, log=print):
