@@ -61,3 +61,20 @@ def test_rejects_multiclass_and_mismatched_shapes():
     metrics.qubiq_dice(np.full((1, 2, 3, 3), 2), np.zeros((1, 2, 3, 3)))
   with pytest.raises(ValueError, match="share B, H, W"):
     metrics.qubiq_dice(np.zeros((1, 2, 3, 3)), np.zeros((1, 2, 3, 4)))
+
+
+def test_evaluate_score_reports_num_raters_and_qubiq_for_any_r():
+  from tf_prob_unet import evaluate_lib, input_pipeline  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  for r in (1, 3, 7):
+    refs = (rng.random((3, r, 8, 8)) < 0.4).astype(np.int32)
+    data = {"samples": (rng.random((3, 4, 8, 8)) < 0.4).astype(np.uint8),
+            "mean_prediction": np.zeros((3, 8, 8), np.uint8), "references": refs,
+            "reference_weights": np.full((3, r), 1.0 / r)}
+    spec = input_pipeline.DatasetSpec(kind="graders", num_classes=2, image_shape=(8, 8, 1),
+                                      has_modes=False)
+    result = evaluate_lib.score(data, spec, (1, 4))
+    assert result["num_raters"] == r
+    for n in (1, 4):
+      want = metrics.qubiq_dice(data["samples"][:, :n], refs).mean()
+      assert result["qubiq_dice"][str(n)] == pytest.approx(want)
