@@ -331,7 +331,7 @@ def _bad_sources(root):
   bad["mask shape"] = (folder("shape", lambda p: write_png(
       str(p / "case03/rater_1.png"), np.zeros((20, 23), np.uint8))),
                        ["case03/rater_1.png", "[20, 24]", "[20, 23]"])
-  bad["class values"] = (folder("values", class_values=(0, 100)), ["--class_values", "255"])
+  bad["class values"] = (folder("values", class_values=(0, 100)), ["rater_0.png", "--class_values", "255"])
   bad["unreadable"] = (folder("corrupt", lambda p: (p / "case00/rater_0.png").write_bytes(
       b"not a png")), ["case00/rater_0.png", "could not read"])
   bad["no match"] = (folder("nomatch", image="{case}/img.tif"), ["--image", "matches no file"])

@@ -556,7 +556,15 @@ def scan(options, log=print):
         where = case.masks[k] if case.masks else f"{name}['masks'][{k}]"
         raise ImportError_(f"{where}: expected a mask of the image's shape "
                            f"{list(image.shape[:2])}, found {list(mask.shape)}.")
-    merged = np.unique(np.concatenate([np.unique(m) for m in masks]))
+    uniques = [np.unique(m) for m in masks]
+    if options.class_values is not None:
+      for k, values_k in enumerate(uniques):
+        bad = sorted(set(values_k.tolist()) - set(options.class_values))
+        if bad:
+          where = case.masks[k] if case.masks else f"{name}['masks'][{k}]"
+          raise ImportError_(f"{where}: expected mask values in --class_values "
+                             f"{list(options.class_values)}, found {bad[:5]}.")
+    merged = np.unique(np.concatenate(uniques))
     if merged.size and merged.min() < 0:
       raise ImportError_(f"{name}: expected mask values >= 0, found {int(merged.min())}.")
     values.update(int(v) for v in merged)
