@@ -150,6 +150,14 @@ def test_jpeg_masks_with_compression_noise_are_thresholded(tmp_path):
   got = read_all(builder)
   for key, (_, labels) in cases.items():
     np.testing.assert_array_equal(got[key][1]["masks"], labels)
+  # Empty JPEG masks with faint noise are still binary (not classes 0..3).
+  quiet = {k: (image, (labels * 0 + (np.random.default_rng(0).random(labels.shape) < 0.1) * 3
+                       ).astype(np.uint8)) for k, (image, labels) in cases.items()}
+  write_folder(tmp_path / "quiet", quiet, mask_scale=1, mask_fmt="JPEG", quality=60)
+  builder, _ = run_import(tmp_path, name="quiet", source=str(tmp_path / "quiet"),
+                          image="{case}/image.png", masks="{case}/rater_*.jpg")
+  assert builder.info.metadata["num_classes"] == 2
+  assert not any(ex["masks"].any() for _, ex in read_all(builder).values())
 
 
 def test_three_classes_by_class_values_and_by_index(tmp_path):

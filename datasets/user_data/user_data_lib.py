@@ -577,7 +577,8 @@ def scan(options, log=print):
   if not kept:
     raise ImportError_(f"{options.source}: expected at least one annotated slice with "
                        f"--slices=annotated, found none.")
-  rule = _mask_rule(options, values)
+  lossy = any(_extension(m) in (".jpg", ".jpeg") for case in kept for m in case.masks)
+  rule = _mask_rule(options, values, lossy)
   if options.slices == "annotated" and rule.kind != "index":  # Re-check with the final rule.
     kept = [c for c in kept if c.index is None or _annotated(reader, c, rule)]
   num_classes = options.num_classes or (len(rule.class_values) if rule.kind == "class_values"
@@ -608,7 +609,8 @@ def _annotated(reader, case, rule):
   return any(np.any(rule.apply(m, name) > 0) for m in masks)
 
 
-def _mask_rule(options, values):
+def _mask_rule(options, values, lossy=False):
+  """How mask values become classes; JPEG (`lossy`) masks are always thresholded."""
   if options.class_values is not None:
     bad = sorted(values - set(options.class_values))
     if bad:
@@ -616,7 +618,7 @@ def _mask_rule(options, values):
                          f"{list(options.class_values)}, found {bad[:5]}.")
     return MaskRule("class_values", class_values=tuple(options.class_values))
   top = max(values) if values else 0
-  if top < MAX_INFERRED_CLASSES:
+  if top < MAX_INFERRED_CLASSES and not lossy:
     return MaskRule("index")
   if options.num_classes not in (None, 2):
     raise ImportError_(f"{options.source}: expected class indices below "
