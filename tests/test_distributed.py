@@ -127,14 +127,15 @@ def test_injected_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path
 # --- one device vs two (MirroredStrategy) ------------------------------------------------------
 
 
-def _child_mirrored(root):
+def _child_mirrored(root, **kw):
   """Runs in a fresh process: two logical CPUs, the default and the mirrored strategy."""
   cpu = tf.config.list_physical_devices("CPU")[0]
   tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
   out = {}
   for strategy in ("default", "mirrored"):
     lines = []
-    result = train_lib.run(_config(root, name=strategy, strategy=strategy), log=lines.append)
+    result = train_lib.run(_config(root, name=strategy, strategy=strategy, **kw),
+                           log=lines.append)
     replicas = re.search(r"on (\d+) replica", lines[0]).group(1)
     out[strategy] = {"losses": _losses("\n".join(lines)), "replicas": int(replicas),
                      "step": result["step"]}
@@ -161,6 +162,31 @@ def test_mirrored_on_two_devices_matches_one_device(tmp_path):
       tmp_path / "default" / "checkpoints" / "ckpt-2"))
   assert _max_change(single, {k: v.numpy() for k, v in
                               train_lib.model_weights(earlier).items()}) > 1e-3
+
+
+@pytest.mark.slow
+def test_geco_on_two_devices_matches_one_device(tmp_path):
+  """GECO's top-k is taken over the global batch: the replicas gather their scores, take the
+  global top k and keep their own rows, so two replicas select the pixels one device selects
+  (each example's Gumbel noise comes from its own seed); the EMA and the selected count are of
+  the global batch, so lambda, C and the EMA agree too."""
+  proc = subprocess.run([sys.executable, __file__, "mirrored_geco", str(tmp_path)], env=_env(),
+                        capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out["default"]["replicas"] == 1 and out["mirrored"]["replicas"] == 2
+  one, two = out["default"]["losses"], out["mirrored"]["losses"]
+  assert sorted(one) == ["1", "2", "3", "4"] and one.keys() == two.keys()
+  for step in one:
+    assert two[step] == pytest.approx(one[step], rel=1e-5), step
+  single, _ = _weights(str(tmp_path / "default"))
+  mirrored, _ = _weights(str(tmp_path / "mirrored"))
+  assert {"geco/multiplier_v", "geco/rec_ema", "geco/ema_initialized"} <= single.keys()
+  _assert_same_weights(mirrored, single, atol=2e-5)
+  np.testing.assert_allclose(mirrored["geco/rec_ema"], single["geco/rec_ema"], rtol=1e-5)
+  # lambda moved (so agreeing is not trivial) and the EMA holds a real reconstruction value.
+  assert abs(float(single["geco/multiplier_v"]) - float(np.log(np.e - 1))) > 1e-3
+  assert float(single["geco/rec_ema"]) > 0
 
 
 # --- two workers (MultiWorkerMirroredStrategy) --------------------------------------------------
@@ -376,3 +402,6 @@ def test_bad_inputs_through_the_binaries_fail_in_one_line_and_write_nothing(tmp_
 if __name__ == "__main__":
   if sys.argv[1] == "mirrored":
     _child_mirrored(sys.argv[2])
+  elif sys.argv[1] == "mirrored_geco":
+    # 5% of a 4-image 32x32 batch: 204 pixels, split unevenly between the replicas.
+    _child_mirrored(sys.argv[2], objective="geco", top_k_percentage=0.05)
