@@ -142,9 +142,10 @@ def _child_mirrored(root, **kw):
   print(json.dumps(out))
 
 
-@pytest.mark.slow
-def test_mirrored_on_two_devices_matches_one_device(tmp_path):
-  proc = subprocess.run([sys.executable, __file__, "mirrored", str(tmp_path)], env=_env(),
+def _mirrored_matches_one_device(tmp_path, mode):
+  """Runs `_child_mirrored` (`mode`: the script's argument), checks that one device and two
+  replicas logged the same losses and saved the same weights; returns the one-device weights."""
+  proc = subprocess.run([sys.executable, __file__, mode, str(tmp_path)], env=_env(),
                         capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -157,6 +158,12 @@ def test_mirrored_on_two_devices_matches_one_device(tmp_path):
   single, _ = _weights(str(tmp_path / "default"))
   mirrored, _ = _weights(str(tmp_path / "mirrored"))
   _assert_same_weights(mirrored, single, atol=2e-5)
+  return single, mirrored
+
+
+@pytest.mark.slow
+def test_mirrored_on_two_devices_matches_one_device(tmp_path):
+  single, _ = _mirrored_matches_one_device(tmp_path, "mirrored")
   # The tolerance is meaningful: two steps of training move the weights far more than that.
   earlier, _ = train_lib.load_model(str(tmp_path / "default"), checkpoint=str(
       tmp_path / "default" / "checkpoints" / "ckpt-2"))
@@ -170,19 +177,8 @@ def test_geco_on_two_devices_matches_one_device(tmp_path):
   global top k and keep their own rows, so two replicas select the pixels one device selects
   (each example's Gumbel noise comes from its own seed); the EMA and the selected count are of
   the global batch, so lambda, C and the EMA agree too."""
-  proc = subprocess.run([sys.executable, __file__, "mirrored_geco", str(tmp_path)], env=_env(),
-                        capture_output=True, text=True, timeout=900)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert out["default"]["replicas"] == 1 and out["mirrored"]["replicas"] == 2
-  one, two = out["default"]["losses"], out["mirrored"]["losses"]
-  assert sorted(one) == ["1", "2", "3", "4"] and one.keys() == two.keys()
-  for step in one:
-    assert two[step] == pytest.approx(one[step], rel=1e-5), step
-  single, _ = _weights(str(tmp_path / "default"))
-  mirrored, _ = _weights(str(tmp_path / "mirrored"))
+  single, mirrored = _mirrored_matches_one_device(tmp_path, "mirrored_geco")
   assert {"geco/multiplier_v", "geco/rec_ema", "geco/ema_initialized"} <= single.keys()
-  _assert_same_weights(mirrored, single, atol=2e-5)
   np.testing.assert_allclose(mirrored["geco/rec_ema"], single["geco/rec_ema"], rtol=1e-5)
   # lambda moved (so agreeing is not trivial) and the EMA holds a real reconstruction value.
   assert abs(float(single["geco/multiplier_v"]) - float(np.log(np.e - 1))) > 1e-3
