@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tf_prob_unet import losses, objectives, train_lib
-from tf_prob_unet.models import ProbUNet
+from tf_prob_unet.models import Image2ImageVAE, ProbUNet
 
 from conftest import tiny_batch
 
@@ -179,6 +179,24 @@ def test_model_config_with_geco_round_trips_and_reports_the_multiplier():
   assert geco.get_config() == model.objective.get_config()
   # The ELBO default adds nothing to the config (old runs keep their meaning).
   assert "objective" not in ProbUNet(channels=(4, 8)).get_config()
+
+
+@pytest.mark.parametrize("model_class", [ProbUNet, Image2ImageVAE])
+def test_every_latent_model_trains_with_geco_through_elbo_terms(model_class):
+  images, labels = tiny_batch(batch=2, size=16)
+  model = model_class(channels=(4, 8), convs_per_block=1, latent_dim=2, beta=50.0,
+                      objective={"name": "geco", "top_k": "deterministic", "kappa": 0.0})
+  model.build((None, 16, 16, 1))
+  terms = model.loss_terms(tf.constant(images), tf.constant(labels),
+                           tf.constant([[0, 0], [0, 1]], tf.int64))
+  # k = floor(0.02 * 2 * 256) = 10 pixels; lambda = 1; beta is not used; the EMA starts at rec.
+  assert float(terms["geco_selected"]) == 5.0
+  assert float(terms["geco_lambda"]) == pytest.approx(1.0)
+  assert float(terms["geco_constraint"]) == pytest.approx(float(terms["rec_loss"]), rel=1e-6)
+  assert float(terms["loss"]) == pytest.approx(
+      float(terms["rec_loss"]) + float(terms["kl"]) + float(terms["weight_decay_loss"]),
+      rel=1e-5)
+  assert model.tracker_names[-2:] == ("geco_lambda", "geco_constraint")
 
 
 def test_geco_needs_a_latent_model_and_valid_settings():
