@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_prob_unet import losses, objectives, train_lib
+from tf_prob_unet import losses, objectives, run_dir, train_lib
 from tf_prob_unet.models import Image2ImageVAE, ProbUNet
 
 from conftest import tiny_batch
@@ -220,8 +220,8 @@ def _geco_config(root, name, **kw):
 
 
 def _geco_state(model_dir, checkpoint=None):
-  model, _ = train_lib.load_model(model_dir, checkpoint)
-  return {k: v.numpy() for k, v in train_lib.model_weights(model).items()}
+  model, _ = run_dir.load_model(model_dir, checkpoint)
+  return {k: v.numpy() for k, v in run_dir.model_weights(model).items()}
 
 
 @pytest.mark.slow
