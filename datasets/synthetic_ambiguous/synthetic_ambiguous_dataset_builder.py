@@ -563,12 +563,8 @@ def generate_multiscale(rng, size):
     size: int, image size S.
 
   Returns:
-    dict with
-      "image": uint8 [S, S, 1];
-      "masks": uint8 [4, S, S], the graders' masks (values {0, 1});
-      "modes": uint8 [1 + 2^L, S, S], the mode masks (values {0, 1});
-      "mode_probs": float32 [1 + 2^L], exact mode probabilities (sum to 1);
-      "grader_modes": int32 [4], the mode drawn by each grader.
+    The dict of `generate_lidc_like` ("image", "masks", "modes", "mode_probs",
+    "grader_modes") with 1 + 2^L modes instead of 4.
   """
   scale = size / REFERENCE_SIZE
   yy, xx = _pixel_grid(size)
