@@ -39,7 +39,7 @@ _HELP = {
     "num_fcomb_hidden": "Hidden 1x1 convolutions of f_comb; also of the baselines' heads.",
     "upsample_mode": "align_corners (reference) | half_pixel.",
     "log_sigma_bound": "Soft bound on |log sigma| of prior and posterior (0: none).",
-    "beta": "Weight of the KL term.",
+    "beta": "Weight of the KL term (--objective=elbo; GECO weighs the KL by 1).",
     "kl_estimate": "analytic | sampled.",
     "weight_decay": "Reference weight decay: coefficient of sum(w^2)/2 over kernels.",
     "objective": "Latent models' objective: elbo (rec + beta * KL) | geco (lambda * C + KL, "
