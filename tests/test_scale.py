@@ -4,6 +4,7 @@ Runs of the train binary (SIGTERM, two workers) start subprocesses; see test_dis
 the helpers they share.
 """
 
+import dataclasses
 import errno
 import json
 import os
@@ -300,3 +301,23 @@ def test_cityscapes_size_checkpoint_is_its_variables(tmp_path):
   size = checkpointing.size_bytes(info["checkpoint"])
   assert variables > 10e6  # the reference architecture: millions of parameters, Adam's slots
   assert variables <= size <= 1.05 * variables, (size, variables)
+
+
+@pytest.mark.slow
+def test_objective_state_is_checkpointed_and_resumes_exactly(tmp_path):
+  """GECO's multiplier and moving average are model variables: saved, restored, resumed."""
+  resumed = td._config(tmp_path, name="resumed", train_steps=2, objective="geco",  # pylint: disable=protected-access
+                       geco_kappa=0.5)
+  train_lib.run(resumed, log=lambda *_: None)
+  first, _ = td._weights(resumed.model_dir)  # pylint: disable=protected-access
+  assert any("geco" in k for k in first)
+  train_lib.run(dataclasses.replace(resumed, train_steps=5), log=lambda *_: None)
+  straight = td._config(tmp_path, name="straight", train_steps=5, objective="geco",  # pylint: disable=protected-access
+                        geco_kappa=0.5)
+  train_lib.run(straight, log=lambda *_: None)
+  a, step = td._weights(resumed.model_dir)  # pylint: disable=protected-access
+  b, _ = td._weights(straight.model_dir)  # pylint: disable=protected-access
+  assert step == 5
+  td._assert_same_weights(a, b, atol=1e-5)  # pylint: disable=protected-access
+  geco = [k for k in a if "geco" in k]
+  assert any(np.any(a[k] != first[k]) for k in geco)  # the state moved after the restart
