@@ -321,3 +321,18 @@ def test_objective_state_is_checkpointed_and_resumes_exactly(tmp_path):
   td._assert_same_weights(a, b, atol=1e-5)  # pylint: disable=protected-access
   geco = [k for k in a if "geco" in k]
   assert any(np.any(a[k] != first[k]) for k in geco)  # the state moved after the restart
+
+
+@pytest.mark.slow
+def test_fault_soak_ends_where_an_uninterrupted_run_ends(tmp_path):
+  """`bench/soak.py` in small: 60 steps, 5 SIGKILLs (one mid-write), 2 SIGTERMs."""
+  from bench import soak  # pylint: disable=g-import-not-at-top
+  every = 10
+  record = soak.soak(steps=60, checkpoint_every=every, kills=5, sigterms=2,
+                     workdir=str(tmp_path / "soak"), data_dir=str(tmp_path / "data"),
+                     timeout=900, log=lambda *_: None)
+  assert record["soak_steps"] == 60 and record["soak_restarts"] == 7
+  assert record["soak_max_abs_weight_diff"] <= 1e-5
+  assert record["soak_max_lost_per_kill"] <= every
+  assert record["soak_lost_steps_sigterm"] == 0
+  assert record["checkpoint_over_variables"] <= 1.05
