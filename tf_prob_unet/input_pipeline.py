@@ -20,7 +20,6 @@ import importlib.util
 import itertools
 import os
 import re
-import struct
 import sys
 import threading
 
@@ -263,7 +262,11 @@ def input_errors(builder, splits):
   name = builder.info.full_name
   try:
     yield
-  except tf.errors.DataLossError:
+  except (tf.errors.DataLossError, tf.errors.UnknownError) as e:
+    # The training pipeline reads records in a py_function, which reports a DataLossError
+    # (a failed record checksum) as an UnknownError naming it.
+    if isinstance(e, tf.errors.UnknownError) and "DataLossError" not in str(e.message):
+      raise
     bad = find_bad_record(builder, splits)
     where = (f"record {bad[1]} of {bad[0]} is corrupt or truncated ({bad[2]})" if bad else
              "a record is corrupt or truncated")
@@ -320,9 +323,10 @@ def flip_modes(label, flips):
 class RecordIndex:
   """Random access, by index, to the serialized examples of one split of a prepared dataset.
 
-  TFDS writes a split as TFRecord files; this scans their record headers once (12 bytes per
-  record, the data is skipped) and reads record `i` of the split (the split's own order, file by
-  file) with TensorFlow's random-access TFRecord reader, which checks the record's checksums.
+  TFDS writes a split as TFRecord files. This reads them once at start-up with TensorFlow's
+  random-access TFRecord reader, which checks every record's checksums, and keeps each record's
+  offset; record `i` of the split (the split's own order, file by file) is then one read. The
+  start-up pass means a corrupt or truncated record stops a run before anything is written.
   Reads take a lock per file (the reader is not thread-safe).
 
   Args:
@@ -330,8 +334,8 @@ class RecordIndex:
     split: the split to read.
 
   Raises:
-    tf.errors.DataLossError: a file is shorter than its records (`input_errors` turns it into
-      one line naming the file and record).
+    tf.errors.DataLossError: a corrupt or truncated record, or fewer records than the split
+      declares (`input_errors` turns it into one line naming the file and record).
   """
 
   def __init__(self, builder, split):
@@ -339,14 +343,21 @@ class RecordIndex:
     self._files = []
     counts = []
     for instruction in builder.info.splits[split].file_instructions:
-      offsets = _record_offsets(instruction.filename)
+      reader = tf_record.tf_record_random_reader(instruction.filename)
+      offsets, offset = [], 0
+      while True:
+        try:
+          _, end = reader.read(offset)
+        except IndexError:  # the end of the file
+          break
+        offsets.append(offset)
+        offset = end
       take = instruction.take if instruction.take >= 0 else len(offsets) - instruction.skip
       offsets = offsets[instruction.skip:instruction.skip + take]
       if len(offsets) < take:
         raise tf.errors.DataLossError(None, None, f"{instruction.filename}: found "
-                                      f"{len(offsets)} whole records, expected {take}")
-      self._files.append((tf_record.tf_record_random_reader(instruction.filename), offsets,
-                          threading.Lock()))
+                                      f"{len(offsets)} records, expected {take}")
+      self._files.append((reader, offsets, threading.Lock()))
       counts.append(len(offsets))
     self._starts = np.cumsum([0] + counts)
     self.num_examples = int(self._starts[-1])
@@ -359,26 +370,6 @@ class RecordIndex:
     with lock:
       record, _ = reader.read(int(offsets[index - self._starts[f]]))
     return record
-
-
-def _record_offsets(path):
-  """Start offsets of the whole records of a TFRecord file (a truncated last record is left out).
-
-  A record is: uint64 length, uint32 length checksum, data, uint32 data checksum.
-  """
-  offsets = []
-  size = os.path.getsize(path)
-  with open(path, "rb") as f:
-    offset = 0
-    while offset + 12 <= size:
-      f.seek(offset)
-      (length,) = struct.unpack("<Q", f.read(8))
-      end = offset + 12 + length + 4
-      if end > size:
-        break
-      offsets.append(offset)
-      offset = end
-  return offsets
 
 
 def train_positions(batch_size, start=0, num_replicas=1, replicas=None):
