@@ -254,6 +254,7 @@ def test_model_config_round_trip_and_keras_file(tmp_path):
                   rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # ~50 s: tracing the train step dominates
 def test_loss_decreases_on_tiny_fixed_batch():
   model = make_model(channels=(8, 8, 8, 8, 8))
   images, _ = tiny_batch(4)
