@@ -13,7 +13,7 @@ from tests.helpers import write_model_dir
 from tests.test_export import (SAVED_MODEL_TOL, TFLITE_TOL, _assert_same_labels,
                                _keras_noise_outputs)
 from tests.test_hprob_unet import TINY
-from tf_prob_unet import export_lib, sample_lib, train_lib
+from tf_prob_unet import export_lib, run_dir, sample_lib
 
 KWARGS = dict(num_classes=2, **{k: list(v) if isinstance(v, tuple) else v
                                 for k, v in TINY.items()})
@@ -27,7 +27,7 @@ def hpu_export(tmp_path_factory):
   model_dir, _ = write_model_dir(root / "run", model_name="hprob_unet", input_shape=(32, 32, 1),
                                  **KWARGS)
   saved_model = export_lib.export_saved_model(model_dir, str(root / "export"), "hpu")
-  model, _ = train_lib.load_model(model_dir)
+  model, _ = run_dir.load_model(model_dir)
   return {"model_dir": model_dir, "model": model, "saved_model": saved_model, "root": root}
 
 
