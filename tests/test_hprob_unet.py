@@ -272,3 +272,41 @@ def test_registry_and_bad_arguments():
     HierarchicalProbUNet(channels=(4, 8), latent_dims=(1, 1))
   with pytest.raises(ValueError, match="multiples of 2\\^\\(levels - 1\\) = 16"):
     make_model(size=36)
+
+
+# --- the binaries' libraries ----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_trains_restores_and_evaluates_beside_a_prob_unet(tmp_path):
+  from tf_prob_unet import evaluate_lib, input_pipeline, run_dir, train_lib
+  base = dict(dataset="synthetic_ambiguous/lidc_like_tiny", data_dir=str(tmp_path / "data"),
+              batch_size=4, convs_per_block=1, lr_values=(1e-3,), lr_boundaries=(),
+              checkpoint_every=3, summary_every=3, log_every=3, eval_every=100, eval_batches=1,
+              shuffle_buffer=16)
+  hpu = train_lib.TrainConfig(model="hprob_unet", model_dir=str(tmp_path / "hpu"),
+                              channels=(4, 8, 8, 8, 8), blocks_per_level=1, latent_dims=(1, 2),
+                              train_steps=3, **base)
+  lines = []
+  result = train_lib.run(hpu, log=lines.append)
+  assert any("kl_1" in line for line in lines)
+  model, info = run_dir.load_model(hpu.model_dir)
+  assert info["kwargs"]["latent_dims"] == [1, 2] and info["kwargs"]["blocks_per_level"] == 1
+  builder = input_pipeline.get_builder(hpu.dataset, hpu.data_dir)
+  spec = input_pipeline.dataset_spec(builder)
+  images, labels = next(iter(input_pipeline.train_dataset(builder, spec, 4, seed=1)))
+  seed = tf.constant([0, 0])
+  restored = model.loss_terms(images, labels, seed, training=False)
+  trained = result["model"].loss_terms(images, labels, seed, training=False)
+  for key in ("rec_loss", "kl", "kl_0", "kl_1", "weight_decay_loss"):
+    assert float(restored[key]) == pytest.approx(float(trained[key]), rel=1e-6)
+  pu = train_lib.TrainConfig(model="prob_unet", model_dir=str(tmp_path / "pu"), channels=(4, 8),
+                             train_steps=2, **base)
+  train_lib.run(pu, log=lambda *_: None)
+  results = evaluate_lib.run(evaluate_lib.EvalConfig(
+      model_dir=(hpu.model_dir, pu.model_dir), output_dir=str(tmp_path / "eval"),
+      num_samples=(1, 4), batch_size=4), log=lambda *_: None)
+  assert set(results) == {"hpu", "pu"}
+  assert results["hpu"]["model"] == "hprob_unet" and results["hpu"]["seconds_per_sample"] > 0
+  report = (tmp_path / "eval" / "report.md").read_text()
+  assert "| hpu |" in report and "| pu |" in report and "hprob_unet" in report
+  assert "ms / sample" in report
