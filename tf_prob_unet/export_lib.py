@@ -200,48 +200,6 @@ def _check_image_size(images, factor):
     return tf.identity(images)
 
 
-def _hpu_serving_functions(model, channels):
-  """`serving_functions` of a `HierarchicalProbUNet` (the four sampling signatures)."""
-  images_spec = tf.TensorSpec(None, tf.uint8, name="images")
-  count_spec = tf.TensorSpec([], tf.int32, name="num_samples")
-  factor = 2 ** (len(model.channels) - 1)
-  description = "noise_dim(H, W)"
-
-  def inputs(images):
-    x = _check_image_size(preprocess(images, channels), factor)
-    shape = tf.shape(x)
-    return x, model.noise_dim(shape[1], shape[2])
-
-  def drawn(images, num_samples):
-    x, n = inputs(images)
-    noise = _fresh_noise(tf.shape(x)[0], _check_num_samples(num_samples), n)
-    return class_outputs(model.sample_from_noise(x, noise)), noise
-
-  def sample(images, num_samples):
-    out, noise = drawn(images, num_samples)
-    return {"labels": out["labels"], "probabilities": out["probabilities"], "noise": noise}
-
-  def sample_with_noise(images, noise):
-    x, n = inputs(images)
-    return class_outputs(model.sample_from_noise(x, _check_noise(noise, x, n, description)))
-
-  def predict_mean(images):
-    x, _ = inputs(images)
-    return class_outputs(model.predict_prior_mean(x))
-
-  def uncertainty_fn(images, num_samples):
-    out, noise = drawn(images, num_samples)
-    return {**uncertainty(out["labels"], out["probabilities"]), "noise": noise}
-
-  return {
-      "sample": (sample, [images_spec, count_spec]),
-      "sample_with_noise": (sample_with_noise, [
-          images_spec, tf.TensorSpec(None, tf.float32, name="noise")]),
-      "predict_mean": (predict_mean, [images_spec]),
-      "uncertainty": (uncertainty_fn, [images_spec, count_spec]),
-  }
-
-
 def serving_functions(model, channels):
   """The signature functions of a SavedModel export, keyed by signature name.
 
@@ -249,21 +207,32 @@ def serving_functions(model, channels):
   load this package's native kernel library.
 
   Args:
-    model: a built `ProbUNet`.
+    model: a built `ProbUNet` or `HierarchicalProbUNet` (the latter without `encoder` and
+      `combiner`; its noise size depends on the image size, which must be a multiple of
+      `2^(levels - 1)`, checked at run time).
     channels: input channels C.
 
   Returns:
     A dict name -> `(fn, input_signature)`; `sample` first (it becomes `serving_default`).
   """
-  if isinstance(model, HierarchicalProbUNet):
-    return _hpu_serving_functions(model, channels)
-  k, n = model.num_classes, model.latent_dim
-  f = model.fcomb.channels
   images_spec = tf.TensorSpec(None, tf.uint8, name="images")
   count_spec = tf.TensorSpec([], tf.int32, name="num_samples")
+  hierarchical = isinstance(model, HierarchicalProbUNet)
+  if hierarchical:
+    factor, description = 2 ** (len(model.channels) - 1), "noise_dim(H, W)"
+
+    def inputs(images):
+      x = _check_image_size(preprocess(images, channels), factor)
+      shape = tf.shape(x)
+      return x, model.noise_dim(shape[1], shape[2])
+  else:
+    description = None
+
+    def inputs(images):
+      return preprocess(images, channels), model.latent_dim
 
   def drawn(images, num_samples):
-    x = preprocess(images, channels)
+    x, n = inputs(images)
     noise = _fresh_noise(tf.shape(x)[0], _check_num_samples(num_samples), n)
     return class_outputs(model.sample_from_noise(x, noise, native=False)), noise
 
@@ -272,15 +241,26 @@ def serving_functions(model, channels):
     return {"labels": out["labels"], "probabilities": out["probabilities"], "noise": noise}
 
   def sample_with_noise(images, noise):
-    x = preprocess(images, channels)
-    return class_outputs(model.sample_from_noise(x, _check_noise(noise, x, n), native=False))
+    x, n = inputs(images)
+    return class_outputs(model.sample_from_noise(x, _check_noise(noise, x, n, description),
+                                                 native=False))
 
   def predict_mean(images):
-    return class_outputs(model.predict_prior_mean(preprocess(images, channels)))
+    return class_outputs(model.predict_prior_mean(inputs(images)[0]))
 
   def uncertainty_fn(images, num_samples):
     out, noise = drawn(images, num_samples)
     return {**uncertainty(out["labels"], out["probabilities"]), "noise": noise}
+
+  functions = {
+      "sample": (sample, [images_spec, count_spec]),
+      "sample_with_noise": (sample_with_noise, [
+          images_spec, tf.TensorSpec(None, tf.float32, name="noise")]),
+      "predict_mean": (predict_mean, [images_spec]),
+      "uncertainty": (uncertainty_fn, [images_spec, count_spec]),
+  }
+  if hierarchical:
+    return functions
 
   def encoder(images):
     return encoder_outputs(model, preprocess(images, channels))
@@ -288,16 +268,13 @@ def serving_functions(model, channels):
   def combiner(features, z):
     return class_outputs(combiner_logits(model, features, z))
 
-  return {
-      "sample": (sample, [images_spec, count_spec]),
-      "sample_with_noise": (sample_with_noise, [
-          images_spec, tf.TensorSpec(None, tf.float32, name="noise")]),
-      "predict_mean": (predict_mean, [images_spec]),
-      "uncertainty": (uncertainty_fn, [images_spec, count_spec]),
+  functions.update({
       "encoder": (encoder, [images_spec]),
-      "combiner": (combiner, [tf.TensorSpec([None, None, None, f], tf.float32, name="features"),
-                              tf.TensorSpec([None, n], tf.float32, name="z")]),
-  }
+      "combiner": (combiner, [
+          tf.TensorSpec([None, None, None, model.fcomb.channels], tf.float32, name="features"),
+          tf.TensorSpec([None, model.latent_dim], tf.float32, name="z")]),
+  })
+  return functions
 
 
 # --- SavedModel -------------------------------------------------------------------------------
