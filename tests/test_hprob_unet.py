@@ -188,6 +188,9 @@ def test_noise_layout_mean_levels_and_prior_mean():
   logits = model.sample(images, 3, seed=seed, return_logits=True)[1]
   noise = tf.random.stateless_normal([2, 3, model.noise_dim(32, 32)], seed=seed)
   assert_allclose(model.sample_from_noise(images, noise), logits, rtol=1e-5, atol=1e-5)
+  # One batch of all samples (the exports' path) computes the same.
+  assert_allclose(model.sample_from_noise(images, noise, batched=True), logits, rtol=1e-5,
+                  atol=1e-5)
   # Flat layout: scale 0's [h, w, d] block first.
   parts = model.split_noise(tf.reshape(noise, (6, -1)), 32, 32)
   assert_allclose(parts[1][0], tf.reshape(noise[0, 0, 4:36], (4, 4, 2)))

@@ -204,7 +204,8 @@ def serving_functions(model, channels):
   """The signature functions of a SavedModel export, keyed by signature name.
 
   They use f_comb's TensorFlow ops (`native=False`): TF Serving and the TFLite converter cannot
-  load this package's native kernel library.
+  load this package's native kernel library. The HPU-Net's decode all samples as one batch
+  (`batched=True`), without a loop.
 
   Args:
     model: a built `ProbUNet` or `HierarchicalProbUNet` (the latter without `encoder` and
@@ -220,13 +221,15 @@ def serving_functions(model, channels):
   hierarchical = isinstance(model, HierarchicalProbUNet)
   if hierarchical:
     factor, description = 2 ** (len(model.channels) - 1), "noise_dim(H, W)"
+    # One batch of all samples: no loop in the graph, so TFLite converts it to built-in ops.
+    sample_options = {"batched": True}
 
     def inputs(images):
       x = _check_image_size(preprocess(images, channels), factor)
       shape = tf.shape(x)
       return x, model.noise_dim(shape[1], shape[2])
   else:
-    description = None
+    description, sample_options = None, {"native": False}
 
     def inputs(images):
       return preprocess(images, channels), model.latent_dim
@@ -234,7 +237,7 @@ def serving_functions(model, channels):
   def drawn(images, num_samples):
     x, n = inputs(images)
     noise = _fresh_noise(tf.shape(x)[0], _check_num_samples(num_samples), n)
-    return class_outputs(model.sample_from_noise(x, noise, native=False)), noise
+    return class_outputs(model.sample_from_noise(x, noise, **sample_options)), noise
 
   def sample(images, num_samples):
     out, noise = drawn(images, num_samples)
@@ -243,7 +246,7 @@ def serving_functions(model, channels):
   def sample_with_noise(images, noise):
     x, n = inputs(images)
     return class_outputs(model.sample_from_noise(x, _check_noise(noise, x, n, description),
-                                                 native=False))
+                                                 **sample_options))
 
   def predict_mean(images):
     return class_outputs(model.predict_prior_mean(inputs(images)[0]))
