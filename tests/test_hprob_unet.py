@@ -313,3 +313,33 @@ def test_trains_restores_and_evaluates_beside_a_prob_unet(tmp_path):
   report = (tmp_path / "eval" / "report.md").read_text()
   assert "| hpu |" in report and "| pu |" in report and "hprob_unet" in report
   assert "ms / sample" in report
+
+
+def _flagfile(name):
+  from tests.helpers import REPO
+  import os
+  values = {}
+  with open(os.path.join(REPO, name)) as f:
+    for line in f:
+      if line.startswith("--"):
+        key, _, value = line[2:].strip().partition("=")
+        values[key] = value
+  return values
+
+
+def test_flagfiles_name_valid_settings_and_the_release_architecture():
+  import dataclasses
+  from tf_prob_unet import train_lib
+  fields = {f.name for f in dataclasses.fields(train_lib.TrainConfig)}
+  lidc, demo = _flagfile("lidc_hpu.flags"), _flagfile("synthetic_hpu.flags")
+  for flags in (lidc, demo):
+    assert flags["model"] == "hprob_unet" and set(flags) <= fields, set(flags) - fields
+  release = HierarchicalProbUNet()
+  assert tuple(int(c) for c in lidc["channels"].split(",")) == release.channels
+  assert tuple(int(d) for d in lidc["latent_dims"].split(",")) == release.latent_dims
+  assert (int(lidc["blocks_per_level"]), int(lidc["convs_per_block"])) == (
+      release.blocks_per_level, release.convs_per_block)
+  assert float(lidc["weight_decay"]) == release.weight_decay == 2e-5
+  assert (lidc["batch_size"], lidc["train_steps"]) == ("32", "240000")
+  channels = demo["channels"].split(",")
+  assert 64 % 2 ** (len(channels) - 1) == 0  # the 64x64 synthetic images fit the levels
