@@ -45,14 +45,18 @@ class HierarchicalProbUNet(common.SegmentationModel):
     log_sigma_bound: soft bound on |log sigma| of every scale (the release has none; 0: none).
     ignore_index: label excluded from the loss.
     seed: base seed of the training-time posterior draws (per example, as for `ProbUNet`).
+    objective: the training objective (`objectives.normalize`: None / `"elbo"` or GECO, e.g.
+      `"geco"` or `{"name": "geco", "kappa": 0.05}`, the release's objective); GECO weighs the
+      summed KL by 1 and ignores `beta`.
   """
 
   per_example_seeds = True
 
   def __init__(self, num_classes=2, channels=LIDC_CHANNELS, blocks_per_level=3,
                convs_per_block=3, latent_dims=(1, 1, 1, 1), beta=1.0, weight_decay=2e-5,
-               log_sigma_bound=5.0, ignore_index=255, seed=0, **kwargs):
-    super().__init__(num_classes=num_classes, ignore_index=ignore_index, seed=seed, **kwargs)
+               log_sigma_bound=5.0, ignore_index=255, seed=0, objective=None, **kwargs):
+    super().__init__(num_classes=num_classes, ignore_index=ignore_index, seed=seed,
+                     objective=objective, **kwargs)
     self.channels = tuple(int(c) for c in channels)
     self.blocks_per_level = int(blocks_per_level)
     self.convs_per_block = int(convs_per_block)
@@ -270,7 +274,7 @@ class HierarchicalProbUNet(common.SegmentationModel):
   # --- training -------------------------------------------------------------------------------
 
   def loss_terms(self, images, labels, seed, training=True):
-    """The ELBO terms of one (per-replica) batch, each averaged over the batch.
+    """The loss terms of one (per-replica) batch under the model's objective, batch-averaged.
 
     Args:
       images: `[B, H, W, C]` float.
@@ -280,7 +284,8 @@ class HierarchicalProbUNet(common.SegmentationModel):
 
     Returns:
       A dict of scalars: `rec_loss`, `kl` (the sum over scales), `kl_0` ... (each scale's KL,
-      summed over its pixels), `weight_decay_loss`, `loss` (`rec + beta * kl + wd`), `pixel_ce`.
+      summed over its pixels), `weight_decay_loss`, `loss` (ELBO: `rec + beta * kl + wd`; GECO:
+      `lambda * C + kl + wd`), `pixel_ce`; GECO adds its terms (`common.elbo_terms`).
     """
     shape = tf.shape(images)
     noise = self.split_noise(self._noise(images, seed), shape[1], shape[2])
