@@ -341,5 +341,7 @@ def test_flagfiles_name_valid_settings_and_the_release_architecture():
       release.blocks_per_level, release.convs_per_block)
   assert float(lidc["weight_decay"]) == release.weight_decay == 2e-5
   assert (lidc["batch_size"], lidc["train_steps"]) == ("32", "240000")
+  assert (lidc["objective"], float(lidc["geco_kappa"]), float(lidc["top_k_percentage"]),
+          lidc["top_k"]) == ("geco", 0.05, 0.02, "stochastic")
   channels = demo["channels"].split(",")
   assert 64 % 2 ** (len(channels) - 1) == 0  # the 64x64 synthetic images fit the levels
