@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import tiny_batch
-from tests.helpers import assert_allclose, assert_config_round_trip
+from tests.helpers import (assert_allclose, assert_config_round_trip,
+                           assert_keras_file_round_trip)
 from tf_prob_unet.layers import HierarchicalCore, ResBlock, StitchingDecoder
 from tf_prob_unet.layers.res_block import downsample, upsample
 from tf_prob_unet.models import HierarchicalProbUNet, get_model_class
@@ -243,13 +244,12 @@ def test_gradients_reach_every_trainable_variable():
 
 
 def test_model_config_round_trip_and_keras_file(tmp_path):
-  model = make_model(beta=0.5, weight_decay=1e-4, log_sigma_bound=4.0, seed=3)
+  model = make_model(beta=0.5, weight_decay=1e-4, log_sigma_bound=4.0, seed=3,
+                     objective={"name": "geco", "kappa": 0.1})
   assert_config_round_trip(model)
+  assert model.get_config()["objective"]["kappa"] == 0.1
   images, labels = tiny_batch(2)
-  path = str(tmp_path / "model.keras")
-  model.save(path)
-  loaded = keras.models.load_model(path)
-  assert isinstance(loaded, HierarchicalProbUNet) and loaded.get_config() == model.get_config()
+  loaded = assert_keras_file_round_trip(model, str(tmp_path / "model.keras"))
   assert_allclose(loaded.sample(images, 3, seed=2, return_logits=True)[1],
                   model.sample(images, 3, seed=2, return_logits=True)[1], rtol=1e-5, atol=1e-5)
   assert_allclose(loaded.reconstruct(images, labels, use_posterior_mean=True),
