@@ -193,6 +193,15 @@ def test_geco_on_two_devices_matches_one_device(tmp_path):
   assert float(single["geco/rec_ema"]) > 0
 
 
+@pytest.mark.slow
+def test_hprob_unet_with_geco_on_two_devices_matches_one_device(tmp_path):
+  """The HPU-Net draws every scale's noise from per-example seeds, so two replicas train the
+  weights, multiplier and EMA one device trains."""
+  single, mirrored = _mirrored_matches_one_device(tmp_path, "mirrored_hpu")
+  assert any(k.startswith("posterior_net/") for k in single)
+  np.testing.assert_allclose(mirrored["geco/rec_ema"], single["geco/rec_ema"], rtol=1e-5)
+
+
 # --- two workers (MultiWorkerMirroredStrategy) --------------------------------------------------
 
 
@@ -419,7 +428,9 @@ def _child_top_k():
   strategy = tf.distribute.MirroredStrategy()
   parts = strategy.run(
       tf.function(lambda c, v, s: objectives.top_k_mask(c, v, 0.1, "stochastic", s)),
-      args=train_lib.distribute_batch(strategy, args))
+      args=strategy.experimental_distribute_values_from_function(
+          lambda ctx: tuple(x[2 * ctx.replica_id_in_sync_group:2 * ctx.replica_id_in_sync_group + 2]
+                            for x in args)))
   two = np.concatenate([p.numpy() for p in strategy.experimental_local_results(parts)])
   print(json.dumps({"same": bool((one == two).all()), "k": int(one.sum()),
                     "per_replica": [int(two[:2].sum()), int(two[2:].sum())]}))
@@ -433,3 +444,7 @@ if __name__ == "__main__":
   elif sys.argv[1] == "mirrored_geco":
     # 5% of a 4-image 32x32 batch: 204 pixels, split unevenly between the replicas.
     _child_mirrored(sys.argv[2], objective="geco", top_k_percentage=0.05)
+  elif sys.argv[1] == "mirrored_hpu":
+    _child_mirrored(sys.argv[2], model="hprob_unet", channels=(4, 8, 8, 8, 8),
+                    blocks_per_level=1, latent_dims=(1, 2), objective="geco",
+                    top_k_percentage=0.05)

@@ -28,8 +28,8 @@ from tf_prob_unet import train_lib  # noqa: E402
 
 _D = train_lib.TrainConfig()
 _HELP = {
-    "model": "Model name: prob_unet | unet | dropout_unet | unet_ensemble | m_heads | "
-             "image2image_vae.",
+    "model": "Model name: prob_unet | hprob_unet | unet | dropout_unet | unet_ensemble | "
+             "m_heads | image2image_vae.",
     "dataset": "TFDS dataset NAME/CONFIG, e.g. synthetic_ambiguous/lidc_like.",
     "data_dir": "TFDS data directory (empty: TFDS's default ~/tensorflow_datasets).",
     "model_dir": "Run directory: checkpoints, summaries, flags.cfg. An existing run resumes.",
@@ -44,6 +44,9 @@ _HELP = {
     "num_fcomb_hidden": "Hidden 1x1 convolutions of f_comb; also of the baselines' heads.",
     "upsample_mode": "align_corners (reference) | half_pixel.",
     "log_sigma_bound": "Soft bound on |log sigma| of prior and posterior (0: none).",
+    "latent_dims": "hprob_unet: latent channels of each latent scale, coarsest first (the "
+                   "number of entries is the number of scales).",
+    "blocks_per_level": "hprob_unet: residual blocks per level.",
     "beta": "Weight of the KL term (--objective=elbo; GECO weighs the KL by 1).",
     "kl_estimate": "analytic | sampled.",
     "weight_decay": "Reference weight decay: coefficient of sum(w^2)/2 over kernels.",

@@ -46,6 +46,9 @@ class TrainConfig:
   num_fcomb_hidden: int = 3
   upsample_mode: str = "align_corners"
   log_sigma_bound: float = 5.0
+  # Hierarchical Probabilistic U-Net (hprob_unet); its levels are `channels`.
+  latent_dims: tuple = (1, 1, 1, 1)
+  blocks_per_level: int = 3
   # Loss.
   beta: float = 1.0
   kl_estimate: str = "analytic"
@@ -105,7 +108,8 @@ class TrainConfig:
       raise ValueError(f"--geco_decay: expected a value in [0, 1), found {self.geco_decay}.")
     if self.geco_rate <= 0.0:
       raise ValueError(f"--geco_rate: expected a positive value, found {self.geco_rate}.")
-    for name in ("train_steps", "batch_size", "latent_dim", "convs_per_block"):
+    for name in ("train_steps", "batch_size", "latent_dim", "convs_per_block",
+                 "blocks_per_level"):
       if getattr(self, name) <= 0:
         raise ValueError(f"--{name}: expected a positive integer, found {getattr(self, name)}.")
     if len(self.lr_values) != len(self.lr_boundaries) + 1:
@@ -115,6 +119,11 @@ class TrainConfig:
       raise ValueError(f"--lr_boundaries: expected increasing steps, found {self.lr_boundaries}.")
     if not self.channels:
       raise ValueError("--channels: expected at least one level, found none.")
+    if self.model == "hprob_unet" and not (
+        1 <= len(self.latent_dims) < len(self.channels) and min(self.latent_dims) >= 1):
+      raise ValueError(f"--latent_dims: expected 1 to len(--channels) - 1 = "
+                       f"{len(self.channels) - 1} positive latent sizes, found "
+                       f"{','.join(str(d) for d in self.latent_dims)!r}.")
     for name in ("ensemble_size", "num_heads", "dropout_levels"):
       if getattr(self, name) < 1:
         raise ValueError(f"--{name}: expected a positive integer, found {getattr(self, name)}.")
@@ -245,7 +254,8 @@ def model_kwargs(config, spec):
                 num_fcomb_hidden=config.num_fcomb_hidden, beta=config.beta,
                 kl_estimate=config.kl_estimate, weight_decay=config.weight_decay,
                 log_sigma_bound=config.log_sigma_bound, upsample_mode=config.upsample_mode,
-                seed=config.seed,
+                seed=config.seed, latent_dims=tuple(config.latent_dims),
+                blocks_per_level=config.blocks_per_level,
                 # The baselines' classifier heads mirror f_comb (without the latent).
                 head_channels=config.fcomb_channels or None,
                 num_head_hidden=config.num_fcomb_hidden,
