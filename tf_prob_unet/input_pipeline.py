@@ -9,12 +9,15 @@ Two kinds of ambiguous dataset are supported, recognised from their features:
   2^F mode label maps with their exact probabilities. A `cue` feature (a black-box label map) is
   one-hot encoded and concatenated to the image channels.
 
-Builders in this repository's `datasets/<name>/` folder are imported by file path (never as a
-top-level module called `datasets`); any other name goes to the TFDS registry.
+The builders of this project (`datasets/<name>/` in the repository) are installed as the package
+`tf_prob_unet_datasets` and imported by name (never as a top-level module called `datasets`);
+`TF_PROB_UNET_DATASETS_DIR` points at another folder of builders instead. Any other name goes
+to the TFDS registry.
 """
 
 import contextlib
 import dataclasses
+import importlib
 import importlib.machinery
 import importlib.util
 import itertools
@@ -26,8 +29,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-REPO_DATASETS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                 "datasets")
+DATASETS_PACKAGE = "tf_prob_unet_datasets"
 DATASETS_DIR_ENV = "TF_PROB_UNET_DATASETS_DIR"
 VOID = 255
 
@@ -45,27 +47,50 @@ def _ensure_package(name, path):
   return sys.modules[name]
 
 
-def _local_builder_module(name):
-  """Imports `datasets/<name>/<name>_dataset_builder.py`, or returns None if there is none.
+def _builders_dirs():
+  """The folders holding builder folders: `$TF_PROB_UNET_DATASETS_DIR`, or the installed
+  `tf_prob_unet_datasets` package's."""
+  root = os.environ.get(DATASETS_DIR_ENV)
+  if root:
+    return [root]
+  return list(importlib.import_module(DATASETS_PACKAGE).__path__)
 
-  The module is loaded as `tf_prob_unet_datasets.<name>.<name>_dataset_builder` (a package name
-  of our own, so TFDS can find the builder's resources and nothing shadows the Hugging Face
-  `datasets` package).
+
+def _local_builder_module(name):
+  """Imports the builder `tf_prob_unet_datasets.<name>.<name>_dataset_builder`, or returns None
+  if there is none.
+
+  The builders come from the installed package `tf_prob_unet_datasets` (so TFDS can find their
+  resources and nothing shadows the Hugging Face `datasets` package), or, with
+  `$TF_PROB_UNET_DATASETS_DIR` set, from that folder's `<name>/<name>_dataset_builder.py`, loaded
+  under the same package name.
   """
-  root = os.environ.get(DATASETS_DIR_ENV, REPO_DATASETS_DIR)
-  folder = os.path.join(root, name)
-  path = os.path.join(folder, f"{name}_dataset_builder.py")
-  if not os.path.exists(path):
-    return None
-  package = f"tf_prob_unet_datasets.{name}"
+  package = f"{DATASETS_PACKAGE}.{name}"
   module_name = f"{package}.{name}_dataset_builder"
   if module_name in sys.modules:
     return sys.modules[module_name]
+  root = os.environ.get(DATASETS_DIR_ENV)
+  if root:
+    folder = os.path.join(root, name)
+    path = os.path.join(folder, f"{name}_dataset_builder.py")
+    if not os.path.exists(path):
+      return None
+  else:
+    try:
+      if not re.fullmatch(r"\w+", name) or importlib.util.find_spec(package) is None:
+        return None
+    except ModuleNotFoundError:  # no tf_prob_unet_datasets installed
+      return None
   try:  # Already imported under another name (e.g. by its own test): TFDS registers a name once.
     return sys.modules[tfds.builder_cls(name).__module__]
   except (tfds.core.registered.DatasetNotFoundError, KeyError):
     pass
-  _ensure_package("tf_prob_unet_datasets", root)
+  if not root:
+    return importlib.import_module(module_name)
+  try:  # the parent package stays the installed one (its builders stay importable)
+    importlib.import_module(DATASETS_PACKAGE)
+  except ModuleNotFoundError:
+    _ensure_package(DATASETS_PACKAGE, root)
   _ensure_package(package, folder)
   spec = importlib.util.spec_from_file_location(module_name, path)
   module = importlib.util.module_from_spec(spec)
@@ -89,9 +114,9 @@ def get_builder(dataset, data_dir=None, prepare=True):
   name = dataset.split("/")[0]
   module = _local_builder_module(name)
   if module is None and name not in tfds.list_builders():
-    local = sorted(d for d in os.listdir(REPO_DATASETS_DIR)
-                   if os.path.isdir(os.path.join(REPO_DATASETS_DIR, d)))
-    raise ValueError(f"--dataset: no builder named {name!r}; this repository has {local} "
+    local = sorted({d for root in _builders_dirs() for d in os.listdir(root)
+                    if os.path.exists(os.path.join(root, d, f"{d}_dataset_builder.py"))})
+    raise ValueError(f"--dataset: no builder named {name!r}; this package has {local} "
                      f"(or any TFDS dataset name).")
   try:
     builder = tfds.builder(dataset, data_dir=data_dir)
