@@ -60,3 +60,21 @@ def test_export_entry_point_names_its_commands(tmp_path):
   assert missing.returncode == 2
   assert missing.stderr.strip().splitlines()[-1] == (
       "error: --model_dir: expected a training run directory, found an empty string.")
+
+
+def test_missing_extra_is_one_line_naming_the_pip_install(monkeypatch, capsys):
+  from tf_prob_unet import cli, extras  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(sys.modules, "ai_edge_litert", None)  # as if not installed
+  monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+  with pytest.raises(extras.MissingExtraError, match=r"running \.tflite models needs "
+                     r"ai_edge_litert, which is not installed: pip install 'tf_prob_unet\[tflite\]'"):
+    extras.require("ai_edge_litert.interpreter", "tflite", "running .tflite models")
+
+  def body():
+    extras.require("ai_edge_litert.interpreter", "tflite", "running .tflite models")
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main_with_errors(body)(["binary"])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == ["error: running .tflite models needs ai_edge_litert, which is not installed: "
+                 "pip install 'tf_prob_unet[tflite]'"]

@@ -5,9 +5,12 @@ import sys
 from absl import app
 from absl import logging
 
+from tf_prob_unet import extras
+
 
 def main_with_errors(body):
-  """An absl `main` that runs `body()` and turns a `ValueError` into one line and exit code 2.
+  """An absl `main` that runs `body()` and turns a `ValueError` (bad input) or a
+  `MissingExtraError` (an optional dependency not installed) into one line and exit code 2.
 
   Args:
     body: a callable without arguments that reads the flags and does the work.
@@ -18,7 +21,7 @@ def main_with_errors(body):
     logging.set_verbosity(logging.WARNING)
     try:
       body()
-    except ValueError as e:
+    except (ValueError, extras.MissingExtraError) as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
   return main
