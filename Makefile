@@ -34,10 +34,11 @@ test-fast: install
 # Every bench/ script, one after the other -> bench/results.json and bench/RESULTS.md. Run it on an
 # otherwise idle machine.
 bench: install allocators
-	$(PY) bench/run_all.py
+	TF_PROB_UNET_ALLOCATOR=auto $(PY) bench/run_all.py
 
-# Optional tuned allocators (Debian packages) that the binaries preload when present
-# (tf_prob_unet/allocator.py); skipped with a note where apt-get is not usable.
+# Optional tuned allocators (Debian packages); the binaries preload one only when
+# TF_PROB_UNET_ALLOCATOR asks for it (tf_prob_unet/runtime.py), the benchmarks do so explicitly.
+# Skipped with a note where apt-get is not usable.
 allocators:
 	@if ls /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib/*/libjemalloc.so.2 >/dev/null 2>&1; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \

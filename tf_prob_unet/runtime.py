@@ -7,12 +7,14 @@ step about 1.2x (BUILD.md). Results differ from the Eigen kernels by float round
 
 **Allocator.** TensorFlow on CPU allocates and frees many large, short-lived buffers per step; with
 glibc malloc a part of every step goes to page faults. A tuned allocator must be loaded before the
-process starts (`LD_PRELOAD`), so the binaries re-execute themselves once with it preloaded
-(`maybe_reexec`). The choice comes from the environment variable `TF_PROB_UNET_ALLOCATOR`:
+process starts (`LD_PRELOAD`). It is opt-in: with the environment variable `TF_PROB_UNET_ALLOCATOR`
+set, the binaries re-execute themselves once with it preloaded (`maybe_reexec`):
 
-- `auto` (default): the first of tcmalloc, jemalloc found on the machine, else glibc malloc;
-- `tcmalloc` / `jemalloc`: that one (an error if it is not installed);
-- `system`: glibc malloc, no re-execution.
+- unset or `system` (default): glibc malloc, no re-execution;
+- `auto`: the first of tcmalloc, jemalloc found on the machine, else glibc malloc;
+- `tcmalloc` / `jemalloc`: that one (an error if it is not installed).
+
+The benchmarks (`bench/run_all.py`) set it explicitly (`auto` unless told otherwise).
 
 The libraries come from the distribution's packages (Debian: `libtcmalloc-minimal4`,
 `libjemalloc2`; `make allocators` installs them). BUILD.md lists what each allocator measured.
@@ -27,6 +29,7 @@ ENV = "TF_PROB_UNET_ALLOCATOR"
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
 _ACTIVE = "TF_PROB_UNET_ALLOCATOR_ACTIVE"
 CHOICES = ("auto", "tcmalloc", "jemalloc", "system")
+DEFAULT = "system"  # opt-in: no re-execution unless TF_PROB_UNET_ALLOCATOR asks for one
 LIBRARIES = {
     "tcmalloc": ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4"),
     "jemalloc": ("libjemalloc.so.2",),
@@ -88,8 +91,8 @@ def current():
 def maybe_reexec(environ=None, execv=os.execve):
   """Re-executes the running command once with the chosen allocator preloaded.
 
-  Call it first thing in a binary's `main`. Does nothing when the allocator is `system`, when
-  none is installed (`auto`), or when this process was already re-executed.
+  Call it first thing in a binary's `main`. Does nothing when `TF_PROB_UNET_ALLOCATOR` is unset
+  or `system`, when none is installed (`auto`), or when this process was already re-executed.
 
   Returns:
     The allocator name in use (only when it returns, i.e. without re-executing).
@@ -97,7 +100,7 @@ def maybe_reexec(environ=None, execv=os.execve):
   environ = os.environ if environ is None else environ
   if environ.get(_ACTIVE):
     return current()
-  name, path = resolve(environ.get(ENV, "auto"))
+  name, path = resolve(environ.get(ENV, DEFAULT))
   if path is None:
     return "system"
   execv(sys.executable, list(sys.orig_argv), preload_environment(environ, path))
