@@ -131,13 +131,16 @@ class ShiftedConv2D(keras.layers.Conv2D):
   (`input_gradient`), the kernel and bias gradients by the native op `ProbUnetConvKernelGrad`
   (`tf_prob_unet/native`, on CPU where it builds) or else by `kernel_gradient_by_offsets` and a
   sum. This happens only in training calls (`training=True`), so inference and exported graphs
-  hold a plain Conv2D. Other settings (strides, dilation, VALID padding, even
+  hold a plain Conv2D. So do a visible GPU and any dtype but float32 (mixed policies): there the
+  layer is Keras' Conv2D with TensorFlow's gradients, training included. Other settings (strides, dilation, VALID padding, even
   kernels, channels_first, fewer than `MIN_CHANNELS` output channels, or fewer than
   `MIN_CHANNELS` input channels without the native op) use Keras' own convolution.
   """
 
   def _uses_shifts(self, inputs):
-    return (self.padding == "same" and tuple(self.strides) == (1, 1)
+    # Only where it was measured to help: a CPU (no GPU visible) in float32 (`native.applies`);
+    # on a GPU or under a mixed policy the layer is a stock Conv2D with cuDNN's/TF's gradients.
+    return (native.applies(tf.as_dtype(inputs.dtype)) and self.padding == "same" and tuple(self.strides) == (1, 1)
             and tuple(self.dilation_rate) == (1, 1) and self.data_format == "channels_last"
             and all(k % 2 == 1 for k in self.kernel_size) and self.groups == 1
             and inputs.shape[-1] is not None and self.filters >= MIN_CHANNELS
