@@ -9,8 +9,9 @@ from tf_prob_unet import extras
 
 
 def main_with_errors(body):
-  """An absl `main` that runs `body()` and turns a `ValueError` (bad input) or a
-  `MissingExtraError` (an optional dependency not installed) into one line and exit code 2.
+  """An absl `main` that runs `body()` and turns a `ValueError` (bad input), a
+  `FloatingPointError` (training diverged) or a `MissingExtraError` (an optional dependency not
+  installed) into one line and exit code 2.
 
   Args:
     body: a callable without arguments that reads the flags and does the work.
@@ -21,7 +22,7 @@ def main_with_errors(body):
     logging.set_verbosity(logging.WARNING)
     try:
       body()
-    except (ValueError, extras.MissingExtraError) as e:
+    except (ValueError, FloatingPointError, extras.MissingExtraError) as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
   return main

@@ -181,7 +181,7 @@ def dataset_spec(builder):
 
 def _feature_error(builder, key, expected, feature):
   return ValueError(f"--dataset: {builder.info.full_name} feature {key!r}: expected {expected}, "
-                    f"found {tf.as_dtype(feature.dtype).name} of shape {tuple(feature.shape)}.")
+                    f"found {feature.tf_dtype.name} of shape {tuple(feature.shape)}.")
 
 
 def check_features(builder):
@@ -198,7 +198,7 @@ def check_features(builder):
     raise ValueError(f"--dataset: {builder.info.full_name} has no `image` feature; found "
                      f"{sorted(features.keys())}.")
   image = features["image"]
-  if len(image.shape) != 3 or tf.as_dtype(image.dtype) != tf.uint8 or image.shape[-1] == 0:
+  if len(image.shape) != 3 or image.tf_dtype != tf.uint8 or image.shape[-1] == 0:
     raise _feature_error(builder, "image", "uint8 [H, W, C]", image)
   expected = {"masks": 3, "modes": 3, "label": 2, "cue": 2}
   for key, rank in expected.items():
@@ -207,7 +207,7 @@ def check_features(builder):
     feature = features[key]
     shape = tuple(feature.shape)
     dims = "[R, H, W]" if rank == 3 else "[H, W]"
-    if (len(shape) != rank or not tf.as_dtype(feature.dtype).is_integer
+    if (len(shape) != rank or not feature.tf_dtype.is_integer
         or any(a is not None and b is not None and a != b
                for a, b in zip(shape[-2:], image.shape[:2]))):
       raise _feature_error(builder, key, f"integer {dims} matching image {tuple(image.shape)}",

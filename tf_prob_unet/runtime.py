@@ -19,11 +19,17 @@ The benchmarks (`bench/run_all.py`) set it explicitly (`auto` unless told otherw
 The libraries come from the distribution's packages (Debian: `libtcmalloc-minimal4`,
 `libjemalloc2`; `make allocators` installs them). BUILD.md lists what each allocator measured.
 
-`prepare_process()` does both; call it first thing, before importing TensorFlow.
+**Start-up chatter.** TensorFlow's first import and device query print notices before its log
+level applies: oneDNN and CPU-feature notices, and on a machine without an NVIDIA driver the
+failed CUDA probing (`cuInit`, `cudart_stub`). `import_tensorflow_quietly` drops those lines
+(CUDA ones only where no NVIDIA driver is installed) and passes everything else on.
+
+`prepare_process()` does the first two; call it first thing, before importing TensorFlow.
 """
 
 import os
 import sys
+import tempfile
 
 ENV = "TF_PROB_UNET_ALLOCATOR"
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
@@ -120,3 +126,37 @@ def prepare_process():
   """`enable_onednn()` then `maybe_reexec()`; returns the allocator in use."""
   enable_onednn()
   return maybe_reexec()
+
+
+_NOTICES = ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on",
+            "cpu_feature_guard.cc", "To enable the following instructions",
+            "rebuild TensorFlow with the appropriate compiler flags")
+_CUDA_PROBING = ("cudart_stub.cc", "cuda_platform.cc", "cuInit", "Unable to register cu",
+                 "computation_placer.cc", "cuda_executor.cc", "cuda_diagnostics.cc")
+NVIDIA_DRIVER = "/proc/driver/nvidia/version"
+
+
+def import_tensorflow_quietly(nvidia_driver=NVIDIA_DRIVER):
+  """Imports TensorFlow and probes its devices with the start-up notices filtered from stderr.
+
+  Lines about CUDA are dropped only when no NVIDIA driver is installed (`nvidia_driver` absent):
+  on a GPU machine they may be the reason a GPU is not used. Anything else is written through.
+  Returns the `tensorflow` module.
+  """
+  noise = _NOTICES + (() if os.path.exists(nvidia_driver) else _CUDA_PROBING)
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      tf.config.list_physical_devices()
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+        if not any(n in line for n in noise):
+          sys.stderr.write(line)
+      sys.stderr.flush()
+  return tf

@@ -6,7 +6,6 @@ line naming the flag, what was expected and what was found.
 
 import dataclasses
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -14,11 +13,12 @@ from tf_prob_unet import runtime  # noqa: E402  (imports no TensorFlow)
 
 if __name__ == "__main__":
   runtime.prepare_process()  # oneDNN on, tcmalloc/jemalloc preloaded, before TensorFlow loads
+  runtime.import_tensorflow_quietly()  # without its start-up notices
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 
+from tf_prob_unet import cli  # noqa: E402
 from tf_prob_unet import train_lib  # noqa: E402
 
 _D = train_lib.TrainConfig()
@@ -31,6 +31,8 @@ _HELP = {
     "train_steps": "Total optimizer steps.",
     "batch_size": "Global batch size (split over replicas).",
     "strategy": "default | mirrored | multi_worker_mirrored.",
+    "dtype_policy": "Keras dtype policy: float32 | mixed_float16 (GPUs) | mixed_bfloat16 (TPUs, "
+                    "recent CPUs/GPUs); distributions, KL and losses stay float32.",
     "seed": "Seed of initialisation, data order and latent draws.",
     "channels": "Channels per U-Net level, e.g. 32,64,128,192.",
     "convs_per_block": "3x3 convolutions per block.",
@@ -104,20 +106,12 @@ def config_from_flags(flag_values):
   return train_lib.TrainConfig(**values)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
-  try:
-    config = config_from_flags(FLAGS)
-    train_lib.run(config)
-  except (ValueError, FloatingPointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+def _train():
+  train_lib.run(config_from_flags(FLAGS))
 
 
 def run_main():
-  app.run(main)
+  app.run(cli.main_with_errors(_train))
 
 
 if __name__ == "__main__":

@@ -154,8 +154,10 @@ def _load(source):
     try:
       return tf.load_op_library(build(source))
     except (RuntimeError, OSError, tf.errors.NotFoundError) as e:
-      logger.warning("%s\nTensorFlow ops are used instead (slower); set "
-                     "TF_PROB_UNET_NATIVE=0 to silence this.", e)
+      # One line; `python -m tf_prob_unet.native` shows the compiler's output.
+      logger.warning("%s; TensorFlow ops are used instead (slower). Details: python -m "
+                     "tf_prob_unet.native; TF_PROB_UNET_NATIVE=0 silences this.",
+                     str(e).splitlines()[0].rstrip(":"))
       return None
 
 
