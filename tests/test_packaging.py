@@ -2,9 +2,12 @@
 
 import glob
 import importlib.util
+import json
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 
 import pytest
 
@@ -78,3 +81,66 @@ def test_missing_extra_is_one_line_naming_the_pip_install(monkeypatch, capsys):
   err = capsys.readouterr().err.strip().splitlines()
   assert err == ["error: running .tflite models needs ai_edge_litert, which is not installed: "
                  "pip install 'tf_prob_unet[tflite]'"]
+
+
+# --- The built wheel, installed alone into a fresh virtual environment ---------------------------
+
+def _copy_source(destination):
+  """The checkout's source tree (no .git, runs, build outputs) copied to `destination`."""
+  skip = shutil.ignore_patterns(".git", ".venv", "runs", "build", "*.egg-info", "__pycache__",
+                                ".pytest_cache")
+  shutil.copytree(REPO, destination, symlinks=True, ignore=skip)
+
+
+@pytest.mark.slow
+def test_wheel_trains_evaluates_and_exports_outside_the_checkout(tmp_path):
+  """Builds the wheel, installs its core (no extras) into a new venv, and from a directory
+  outside the checkout trains the synthetic demo a few steps with a packaged flagfile, evaluates
+  it and exports a SavedModel."""
+  source, wheels, venv = tmp_path / "source", tmp_path / "wheels", tmp_path / "venv"
+  _copy_source(source)
+  built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                          "--no-build-isolation", "-w", str(wheels), str(source)],
+                         capture_output=True, text=True, timeout=600)
+  assert built.returncode == 0, built.stderr[-3000:]
+  (wheel,) = glob.glob(str(wheels / "tf_prob_unet-*.whl"))
+  names = zipfile.ZipFile(wheel).namelist()
+  for flagfile in glob.glob(f"{REPO}/*.flags"):
+    assert f"tf_prob_unet/flagfiles/{os.path.basename(flagfile)}" in names
+  assert ("tf_prob_unet_datasets/synthetic_ambiguous/synthetic_ambiguous_dataset_builder.py"
+          in names and "tf_prob_unet/export/saved_model.py" in names)
+  assert not any(n.startswith(("datasets/", "export/", "tests/", "bench/")) for n in names)
+
+  subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+  python = str(venv / "bin" / "python")
+  installed = subprocess.run([python, "-m", "pip", "install", "-q", wheel],
+                             capture_output=True, text=True, timeout=1200)
+  assert installed.returncode == 0, installed.stderr[-3000:]
+
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+  env.update(TF_CPP_MIN_LOG_LEVEL="2")  # (the native kernels: the user's usual build cache)
+
+  def run(*args):
+    proc = subprocess.run([python, *args], cwd=elsewhere, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, (args, proc.stderr[-3000:])
+    return proc
+
+  flagfile = run("-m", "tf_prob_unet.flagfiles", "synthetic").stdout.strip()
+  assert flagfile.startswith(str(venv)) and flagfile.endswith("synthetic.flags")
+  assert not (elsewhere / "synthetic.flags").exists()
+  train = run("-m", "tf_prob_unet.train", f"--flagfile={flagfile}",
+              "--dataset=synthetic_ambiguous/lidc_like_tiny", "--channels=4,8",
+              "--convs_per_block=1", "--batch_size=4", "--train_steps=3", "--log_every=3",
+              "--eval_every=3", "--eval_batches=1", "--checkpoint_every=3",
+              "--summary_every=3", "--shuffle_buffer=16")
+  assert "step 3/3" in train.stdout
+  assert (elsewhere / "runs" / "demo" / "model" / "model_config.json").exists()
+  run("-m", "tf_prob_unet.evaluate", "--model_dir=runs/demo/model",
+      "--output_dir=runs/demo/eval", "--num_samples=1,2", "--limit=4", "--batch_size=4")
+  assert json.loads((elsewhere / "runs" / "demo" / "eval" / "metrics.json").read_text())
+  run("-m", "tf_prob_unet.export", "saved_model", "--model_dir=runs/demo/model",
+      "--export_dir=runs/export")
+  assert (elsewhere / "runs" / "export" / "prob_unet" / "1" / "saved_model.pb").exists()
