@@ -1,5 +1,6 @@
 """`python export/saved_model.py [--flags]` in a checkout: the same as
-`python -m tf_prob_unet.export saved_model [--flags]` (see `tf_prob_unet/export/saved_model.py`)."""
+`python -m tf_prob_unet.export saved_model [--flags]` (see `tf_prob_unet/export/saved_model.py`).
+"""
 
 import os
 import runpy

@@ -1,5 +1,6 @@
 """`python export/tflite.py [--flags]` in a checkout: the same as
-`python -m tf_prob_unet.export tflite [--flags]` (see `tf_prob_unet/export/tflite.py`)."""
+`python -m tf_prob_unet.export tflite [--flags]` (see `tf_prob_unet/export/tflite.py`).
+"""
 
 import os
 import runpy

@@ -1,0 +1,363 @@
+"""Validation helpers and the distance `d = 1 - IoU` between label maps (see the package docstring).
+
+Implementation.
+  Per evaluated class, every mask's indicator is bit-packed (64 pixels per uint64 word) and the
+  intersections of all needed mask pairs are popcounts of word-wise ANDs, restricted per image
+  to the span of words that some mask occupies. Counts are exact integers, so results do not
+  depend on the chunking.
+"""
+
+import numpy as np
+
+__all__ = ["iou_distance_matrix"]
+
+# Elements (masks x pixels) of one image chunk: bounds the per-class indicator buffers.
+_CHUNK_ELEMENTS = 1 << 22
+_MAX_CHUNK_IMAGES = 64
+# Bytes of one block of pair products (kept cache-sized).
+_PAIR_BYTES = 1 << 18
+_WEIGHT_ATOL = 1e-5
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation helpers.
+
+
+def _as_labels(x, name, rank=4):
+  """Returns `x` as an integer (or bool) array of the given rank, or raises ValueError."""
+  x = np.asarray(x)
+  if x.ndim != rank:
+    layout = "[B, S, H, W]" if rank == 4 else "[B, H, W]"
+    raise ValueError(f"`{name}` must have rank {rank} {layout}; got shape {x.shape}.")
+  if x.dtype.kind in "biu":
+    return x
+  if x.dtype.kind == "f":
+    if not np.all(np.isfinite(x)) or not np.all(x == np.round(x)):
+      raise ValueError(f"`{name}` must hold integer labels; got non-integral float values.")
+    return x.astype(np.int64)
+  raise ValueError(f"`{name}` must be an integer label array; got dtype {x.dtype}.")
+
+
+def _check_values(x, name, num_classes, ignore_index):
+  """Checks the label range of `x`.
+
+  Returns:
+    True if `x` holds only the labels 0 and 1.
+
+  Raises:
+    ValueError: if `x` holds labels outside `[0, num_classes)` other than `ignore_index`.
+  """
+  if x.size == 0:
+    return True
+  hi = x.max()
+  lo = 0 if x.dtype.kind in "bu" else x.min()
+  if lo >= 0 and hi < num_classes:
+    return bool(hi <= 1)
+  bad = (x < 0) | (x >= num_classes)
+  if ignore_index is not None:
+    bad &= x != ignore_index
+  if np.any(bad):
+    found = np.unique(x[bad])[:10].tolist()
+    allowed = f"[0, {num_classes})" + ("" if ignore_index is None else f" or {ignore_index}")
+    raise ValueError(f"`{name}` must hold labels in {allowed}; found {found}.")
+  return False
+
+
+def _check_num_classes(num_classes):
+  if not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+    raise ValueError(f"`num_classes` must be an integer >= 2; got {num_classes!r}.")
+
+
+def _resolve_classes(num_classes, class_ids, ignore_index):
+  """Returns `(binary, classes)`: the convention and the evaluated class ids."""
+  _check_num_classes(num_classes)
+  if ignore_index is not None and 0 <= ignore_index < num_classes:
+    raise ValueError(f"`ignore_index` must lie outside [0, {num_classes}); got {ignore_index}.")
+  if class_ids is None:
+    if num_classes == 2:
+      return True, [1]
+    return False, list(range(num_classes))
+  ids = [int(c) for c in np.atleast_1d(np.asarray(class_ids)).tolist()]
+  if not ids:
+    raise ValueError("`class_ids` must list at least one class id; got an empty list.")
+  outside = [c for c in ids if not 0 <= c < num_classes]
+  if outside:
+    raise ValueError(f"`class_ids` must lie in [0, {num_classes}); found {outside}.")
+  if len(set(ids)) != len(ids):
+    raise ValueError(f"`class_ids` must not repeat a class; got {ids}.")
+  return False, ids
+
+
+def _check_pair(a, a_name, b, b_name):
+  """Checks that two `[B, *, H, W]` arrays agree on B, H and W."""
+  if a.shape[0] != b.shape[0]:
+    raise ValueError(f"`{a_name}` and `{b_name}` must have the same number of images B; "
+                     f"got {a.shape[0]} and {b.shape[0]}.")
+  if a.shape[-2:] != b.shape[-2:]:
+    raise ValueError(f"`{a_name}` and `{b_name}` must have the same H, W; "
+                     f"got {a.shape[-2:]} and {b.shape[-2:]}.")
+
+
+def _check_nonempty(x, name, minimum=1, why=""):
+  if x.shape[1] < minimum:
+    raise ValueError(f"`{name}` must contain at least {minimum} mask(s) per image "
+                     f"(axis 1){why}; got {x.shape[1]}.")
+
+
+def _labels(x, name, num_classes, ignore_index, minimum=1, why=""):
+  """Validated `[B, S, H, W]` labels and whether they hold only 0 and 1."""
+  x = _as_labels(x, name)
+  _check_nonempty(x, name, minimum, why)
+  return x, _check_values(x, name, num_classes, ignore_index)
+
+
+def _check_weights(weights, batch, count, name):
+  """Returns `[B, R]` float64 weights (rows summing to 1), uniform if `weights` is None."""
+  if weights is None:
+    return np.full((batch, count), 1.0 / count)
+  w = np.asarray(weights, dtype=np.float64)
+  if w.ndim == 1:
+    w = np.broadcast_to(w, (batch,) + w.shape)
+  if w.shape != (batch, count):
+    raise ValueError(f"`{name}` must have shape [B, R] = [{batch}, {count}] (or [R]); "
+                     f"got {np.shape(weights)}.")
+  if not np.all(np.isfinite(w)) or np.any(w < 0):
+    raise ValueError(f"`{name}` must be finite and non-negative.")
+  sums = w.sum(axis=1)
+  if not np.allclose(sums, 1.0, rtol=0.0, atol=_WEIGHT_ATOL):
+    worst = sums[np.argmax(np.abs(sums - 1.0))]
+    raise ValueError(f"`{name}` rows must sum to 1 (atol {_WEIGHT_ATOL}); found a row summing "
+                     f"to {worst:.8g}.")
+  return w
+
+
+def _void_valid(refs, ignore_index, weights=None):
+  """Per-image valid-pixel mask `[B, H, W]` bool, or None when nothing is void.
+
+  A pixel is void when any reference of the image (with non-zero weight, if `weights` is
+  given) equals `ignore_index`.
+  """
+  if ignore_index is None:
+    return None
+  void = refs == ignore_index
+  if weights is not None:
+    void &= (weights > 0)[:, :, None, None]
+  void = void.any(axis=1)
+  if not void.any():
+    return None
+  return ~void
+
+
+# ----------------------------------------------------------------------------------------------
+# Core: bit-packed class indicators and pairwise intersection counts.
+#
+# Every mask's indicator of one class (zeroed on void pixels) is packed to bits, 64 pixels
+# (in row-major order) per uint64 word. The intersection of two masks is the popcount of the
+# AND of their words. Per image, only the span of words that is non-zero in some mask enters
+# the pair products, so the cost follows the area the masks cover rather than the image size.
+
+
+def _chunk_images(per_image_elements):
+  return int(max(1, min(_MAX_CHUNK_IMAGES, _CHUNK_ELEMENTS // max(per_image_elements, 1))))
+
+
+def _pack(x, c, valid, plain):
+  """Bit-packs the indicator of label `c`.
+
+  Args:
+    x: `[n, M, P]` labels (pixels flattened).
+    c: class id.
+    valid: `[n, 1, P]` bool or None.
+    plain: `x` holds only 0 and 1, `c == 1` and `valid` is None: pack `x` as it is.
+
+  Returns:
+    `[n, M, W]` uint64 words, `W = ceil(P / 64)`; zero bits pad the last word.
+  """
+  if plain:
+    m = x
+  else:
+    m = x == c
+    if valid is not None:
+      m &= valid
+  packed = np.packbits(m, axis=-1)
+  rem = packed.shape[-1] % 8
+  if rem:
+    pad = np.zeros(packed.shape[:-1] + (8 - rem,), np.uint8)
+    packed = np.concatenate([packed, pad], axis=-1)
+  return packed.view(np.uint64)
+
+
+def _pair_counts(q, pi, pj):
+  """Mask sizes and pairwise intersections of bit-packed masks.
+
+  Args:
+    q: `[n, M, W]` uint64 packed masks.
+    pi, pj: `[K]` mask indices of the pairs.
+
+  Returns:
+    `(sizes [n, M], inter [n, K])`, int64 pixel counts.
+  """
+  n, _, words = q.shape
+  sizes = np.bitwise_count(q).sum(axis=-1, dtype=np.int64)
+  inter = np.zeros((n, len(pi)), np.int64)
+  if len(pi) == 0:
+    return sizes, inter
+  # Per image, the span [first, stop) of words that are non-zero in some mask.
+  nonzero = np.bitwise_or.reduce(q, axis=1) != 0  # [n, W]
+  occupied = nonzero.any(axis=1)
+  first = np.where(occupied, nonzero.argmax(axis=1), words)
+  stop = np.where(occupied, words - nonzero[:, ::-1].argmax(axis=1), 0)
+  span = int(np.max(stop - first, initial=0))
+  if span <= 0:
+    return sizes, inter
+  # Blocks of a few images keep the pair products cache-sized.
+  step = max(1, _PAIR_BYTES // (len(pi) * span * 8))
+  starts = np.arange(0, n, step)
+  lows = np.minimum.reduceat(first, starts).tolist()
+  highs = np.maximum.reduceat(stop, starts).tolist()
+  acc = np.uint32 if words * 64 < 2**32 else np.int64
+  for lo, start, end in zip(starts.tolist(), lows, highs):
+    if end <= start:
+      continue
+    block = q[lo:lo + step, :, start:end]
+    both = block[:, pi]
+    both &= block[:, pj]
+    inter[lo:lo + step] = np.bitwise_count(both).sum(axis=-1, dtype=acc)
+  return sizes, inter
+
+
+def _pair_distances(groups, plains, valid, binary, classes, pi, pj):
+  """Distances `1 - IoU` between selected pairs of masks, per image.
+
+  Args:
+    groups: list of `[B, Mk, H, W]` label arrays, stacked along the mask axis (not copied).
+    plains: per group, whether it holds only 0/1 labels (binary fast path).
+    valid: `[B, H, W]` bool or None.
+    binary: True for the binary foreground convention.
+    classes: evaluated class ids (`[1]` in the binary case).
+    pi, pj: `[K]` indices into the stacked masks.
+
+  Returns:
+    `(d [B, K], self_d [B, M])`: pair distances, and `d(m, m)` of every mask (0, or NaN in
+    the multi-class convention when the mask holds no evaluated class).
+  """
+  batch, _, height, width = groups[0].shape
+  pixels = height * width
+  counts = [g.shape[1] for g in groups]
+  total = sum(counts)
+  d = np.empty((batch, len(pi)))
+  self_d = np.empty((batch, total))
+  step = _chunk_images(total * pixels)
+  for lo in range(0, batch, step):
+    hi = min(batch, lo + step)
+    n = hi - lo
+    v = None if valid is None else valid[lo:hi].reshape(n, 1, pixels)
+    iou_sum = np.zeros((n, len(pi)))
+    present = np.zeros((n, len(pi)), np.int64)
+    self_present = np.zeros((n, total), bool)
+    for c in classes:
+      q = np.concatenate(
+          [_pack(g[lo:hi].reshape(n, m, pixels), c, v, binary and plain and v is None)
+           for g, m, plain in zip(groups, counts, plains)], axis=1)
+      sizes, inter = _pair_counts(q, pi, pj)
+      union = sizes[:, pi] + sizes[:, pj] - inter
+      has = union > 0
+      iou = np.divide(inter, union, out=np.zeros(union.shape), where=has)
+      if binary:
+        # Two empty masks: IoU 1 (d = 0); one empty mask: inter = 0, so d = 1.
+        iou[~has] = 1.0
+      iou_sum += iou
+      present += has
+      self_present |= sizes > 0
+    if binary:
+      d[lo:hi] = 1.0 - iou_sum
+      self_d[lo:hi] = 0.0
+    else:
+      d[lo:hi] = 1.0 - np.divide(iou_sum, present, out=np.full(iou_sum.shape, np.nan),
+                                 where=present > 0)
+      self_d[lo:hi] = np.where(self_present, 0.0, np.nan)
+  return d, self_d
+
+
+def _cross_distances(a, plain_a, b, plain_b, valid, binary, classes):
+  """`[B, Sa, Sb]` distances between every mask of `a` `[B, Sa, H, W]` and of `b`."""
+  sa, sb = a.shape[1], b.shape[1]
+  pi = np.repeat(np.arange(sa), sb)
+  pj = sa + np.tile(np.arange(sb), sa)
+  d, _ = _pair_distances([a, b], [plain_a, plain_b], valid, binary, classes, pi, pj)
+  return d.reshape(-1, sa, sb)
+
+
+def _checked_cross_distances(samples, references, references_name, num_classes, class_ids,
+                             ignore_index, weights=None):
+  """Validates `samples` against `references` and returns `(d [B, S, R], weights or None)`.
+
+  `weights` (`[B, R]` or `[R]`, named `mode_probs`) is checked and used to leave zero-weight
+  references out of the void mask.
+  """
+  binary, classes = _resolve_classes(num_classes, class_ids, ignore_index)
+  samples, plain_s = _labels(samples, "samples", num_classes, ignore_index)
+  references, plain_r = _labels(references, references_name, num_classes, ignore_index)
+  _check_pair(samples, "samples", references, references_name)
+  p = None
+  if weights is not None:
+    p = _check_weights(weights, references.shape[0], references.shape[1], "mode_probs")
+  valid = _void_valid(references, ignore_index, p)
+  d = _cross_distances(samples, plain_s, references, plain_r, valid, binary, classes)
+  return d, p
+
+
+def _self_distances(groups, plains, valid, binary, classes):
+  """`[B, M, M]` symmetric distances among all masks of the stacked `groups`."""
+  total = sum(g.shape[1] for g in groups)
+  pi, pj = np.triu_indices(total, k=1)
+  d, self_d = _pair_distances(groups, plains, valid, binary, classes, pi, pj)
+  out = np.empty((d.shape[0], total, total))
+  out[:, pi, pj] = d
+  out[:, pj, pi] = d
+  idx = np.arange(total)
+  out[:, idx, idx] = self_d
+  return out
+
+
+def _weighted_nanmean(d, w, empty_value=np.nan):
+  """Per-image `sum(w * d) / sum(w)` over the non-NaN entries of `d` `[B, M, N]`.
+
+  Images whose non-NaN entries carry zero total weight get NaN, except that images whose
+  *total* weight (NaN entries included) is zero get `empty_value`.
+  """
+  w = np.broadcast_to(w, d.shape)
+  ok = ~np.isnan(d)
+  num = np.where(ok, w * np.where(ok, d, 0.0), 0.0).sum(axis=(1, 2))
+  den = np.where(ok, w, 0.0).sum(axis=(1, 2))
+  out = np.divide(num, den, out=np.full_like(num, np.nan), where=den > 0)
+  total = w.sum(axis=(1, 2))
+  return np.where(total > 0, out, empty_value)
+
+def iou_distance_matrix(a, b, *, num_classes=2, class_ids=None, ignore_index=None):
+  """Distances `d = 1 - IoU` between every mask of `a` and every mask of `b`, per image.
+
+  Args:
+    a: `[B, Sa, H, W]` integer label maps.
+    b: `[B, Sb, H, W]` integer label maps (the ground-truth side: its void pixels define the
+      image's void mask).
+    num_classes: number of labels; values must lie in `[0, num_classes)` or be `ignore_index`.
+    class_ids: evaluated classes for the multi-class convention; None with `num_classes == 2`
+      selects the binary foreground convention, None otherwise evaluates every class.
+    ignore_index: void label. Pixels where any mask of `b` for that image equals
+      `ignore_index` are excluded from every comparison of that image (the ground-truth void
+      mask, as in the reference implementation).
+
+  Returns:
+    `[B, Sa, Sb]` float64; NaN only in the multi-class convention, where all evaluated
+    classes are absent from both masks.
+
+  Raises:
+    ValueError: on malformed inputs (rank, shapes, label values, class ids).
+  """
+  binary, classes = _resolve_classes(num_classes, class_ids, ignore_index)
+  a, plain_a = _labels(a, "a", num_classes, ignore_index)
+  b, plain_b = _labels(b, "b", num_classes, ignore_index)
+  _check_pair(a, "a", b, "b")
+  valid = _void_valid(b, ignore_index)
+  return _cross_distances(a, plain_a, b, plain_b, valid, binary, classes)

@@ -1,0 +1,115 @@
+"""S_NCC of PHiSeg (Baumgartner et al. 2019); the exact formula is in `s_ncc`'s docstring."""
+
+import numpy as np
+
+from tf_prob_unet.metrics.distance import _check_pair
+from tf_prob_unet.metrics.distance import _chunk_images
+from tf_prob_unet.metrics.distance import _labels
+from tf_prob_unet.metrics.distance import _resolve_classes
+from tf_prob_unet.metrics.distance import _void_valid
+
+__all__ = ["s_ncc"]
+
+
+def s_ncc(samples, references, *, num_classes=2, eps=1e-7, ignore_index=None):
+  """S_NCC of PHiSeg (Baumgartner et al. 2019), also reported by SSN, per image.
+
+  Samples are turned into one-hot probability maps `s` (`[C, H, W]` each) with mean
+  `sbar = mean_s s`; `y_j` is the one-hot map of reference `j`. Following PHiSeg's code
+  (`CE(p, q) = -sum_c p_c log(q_c + eps)`, the log taken of the sample):
+
+    A(x)   = E_s[CE(sbar, s)](x)  = E_s[-sum_c sbar_c(x) log(s_c(x) + eps)]
+    B_j(x) = E_s[CE(y_j, s)](x)   = E_s[-sum_c y_j,c(x) log(s_c(x) + eps)]
+    S_NCC  = (1 / R) sum_j NCC(A, B_j),
+
+  where NCC is the Pearson correlation over (valid) pixels. For one-hot samples
+  `E_s[log(s_c + eps)] = sbar_c log(1 + eps) + (1 - sbar_c) log(eps)`, which is how the maps
+  are computed (exactly, from per-pixel class counts, without per-sample maps). `A` is thus an
+  affine function of the pixel-wise Gini impurity `1 - sum_c sbar_c^2` and `B_j` of the
+  fraction of samples disagreeing with `y_j`. (With the arguments of the cross-entropy swapped,
+  `B_j` would be the same for one-hot maps, but `A` would become the entropy of `sbar`; this
+  function follows PHiSeg's order.) If `A` or `B_j` has zero variance over the pixels, that NCC
+  is NaN; the mean over references skips NaN entries and is NaN only if all are NaN (e.g. all
+  samples identical). Higher is better.
+
+  Args:
+    samples: `[B, S, H, W]` label maps.
+    references: `[B, R, H, W]` label maps.
+    num_classes: number of labels C.
+    eps: the constant inside the logarithm.
+    ignore_index: optional void label; pixels where any reference equals it are excluded
+      from the correlation (and void sample pixels count as no class).
+
+  Returns:
+    `[B]` float64.
+
+  Raises:
+    ValueError: on malformed inputs.
+  """
+  _resolve_classes(num_classes, None, ignore_index)
+  samples, _ = _labels(samples, "samples", num_classes, ignore_index)
+  references, _ = _labels(references, "references", num_classes, ignore_index)
+  _check_pair(samples, "samples", references, "references")
+  if not eps > 0:
+    raise ValueError(f"`eps` must be > 0; got {eps}.")
+  batch, s = samples.shape[:2]
+  r = references.shape[1]
+  pixels = samples.shape[2] * samples.shape[3]
+  bins = num_classes + 1  # the last bin collects void sample pixels
+  valid_all = _void_valid(references, ignore_index)
+  log0 = np.log(eps)
+  delta = np.log1p(eps) - log0  # E_s[log(s_c + eps)] = log0 + sbar_c * delta
+  out = np.empty(batch)
+  step = _chunk_images((2 * s + bins + 3 * r) * pixels)
+  for lo in range(0, batch, step):
+    hi = min(batch, lo + step)
+    n = hi - lo
+    xs = samples[lo:hi].reshape(n, s, pixels)
+    ys = references[lo:hi].reshape(n, r, pixels)
+    # Per-pixel class counts over the samples, [n, P, C + 1].
+    labels = xs if ignore_index is None else np.where(xs == ignore_index, num_classes, xs)
+    cell = (np.arange(n)[:, None, None] * pixels + np.arange(pixels)[None, None, :]) * bins
+    counts = np.bincount((cell + labels).ravel(), minlength=n * pixels * bins)
+    counts = counts.reshape(n, pixels, bins)
+    # A = -sum_c sbar_c (log0 + sbar_c delta), with sbar_c = counts_c / S.
+    in_class = (s - counts[..., num_classes]) / s
+    square = np.einsum("npc,npc->np", counts[..., :num_classes], counts[..., :num_classes])
+    a_map = -(log0 * in_class + delta * square / (s * s))
+    # Pixel-major layout from here on: [n, P, R].
+    yi = np.ascontiguousarray(ys.transpose(0, 2, 1)).astype(np.intp)
+    if valid_all is None:
+      valid = np.ones((n, pixels, 1), bool)
+    else:
+      valid = valid_all[lo:hi].reshape(n, pixels, 1)
+      yi = np.where(valid, yi, 0)
+    # B_j = -(log0 + sbar_{y_j} delta).
+    agree = np.take_along_axis(counts, yi, axis=2) / s
+    b_maps = -(log0 + delta * agree)
+    out[lo:hi] = _mean_pearson(a_map[:, :, None], b_maps, valid)
+  return out
+
+
+def _mean_pearson(a, b, valid):
+  """Mean over references of the Pearson correlation of `a` `[n, P, 1]` and `b` `[n, P, R]`.
+
+  Pixels where `valid` `[n, P, 1]` is False are ignored. A map whose variance is zero (up to
+  rounding: below 1e-24 of its mean square) gives NaN; NaN correlations are skipped in the
+  mean, which is NaN only if all are NaN.
+  """
+  w = valid.astype(np.float64)
+  count = np.maximum(w.sum(axis=1), 1.0)  # [n, 1]
+  ma = np.einsum("npk,npk->nk", a, w) / count
+  mb = np.einsum("npr,npk->nr", b, w) / count
+  da = (a - ma[:, None, :]) * w
+  db = b - mb[:, None, :]
+  va = np.einsum("npk,npk->nk", da, da)
+  vb = np.einsum("npr,npr,npk->nr", db, db, w)
+  cov = np.einsum("npr,npk->nr", db, da)
+  sq_a = np.einsum("npk,npk,npk->nk", a, a, w)
+  sq_b = np.einsum("npr,npr,npk->nr", b, b, w)
+  ok = (va > 1e-24 * sq_a) & (vb > 1e-24 * sq_b)
+  ncc = np.divide(cov, np.sqrt(va * vb), out=np.full(cov.shape, np.nan), where=ok)
+  finite = ~np.isnan(ncc)
+  num = np.where(finite, ncc, 0.0).sum(axis=-1)
+  den = finite.sum(axis=-1)
+  return np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0)
