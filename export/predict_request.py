@@ -1,5 +1,6 @@
 """`python export/predict_request.py [--flags]` in a checkout: the same as
-`python -m tf_prob_unet.export predict_request [--flags]` (see `tf_prob_unet/export/predict_request.py`).
+`python -m tf_prob_unet.export predict_request [--flags]`
+(see `tf_prob_unet/export/predict_request.py`).
 """
 
 import os

@@ -44,7 +44,8 @@ def test_flagfiles_binary_from_another_directory(tmp_path):
 def test_builders_are_found_by_import():
   spec = importlib.util.find_spec(
       "tf_prob_unet_datasets.synthetic_ambiguous.synthetic_ambiguous_dataset_builder")
-  module = input_pipeline._local_builder_module("synthetic_ambiguous")  # pylint: disable=protected-access
+  module = input_pipeline._local_builder_module(  # pylint: disable=protected-access
+      "synthetic_ambiguous")
   # (A builder test may have loaded the same file under another name first: TFDS registers once.)
   assert os.path.realpath(module.__file__) == os.path.realpath(spec.origin)
   assert input_pipeline._local_builder_module("mnist") is None  # pylint: disable=protected-access
@@ -69,8 +70,9 @@ def test_missing_extra_is_one_line_naming_the_pip_install(monkeypatch, capsys):
   from tf_prob_unet import cli, extras  # pylint: disable=g-import-not-at-top
   monkeypatch.setitem(sys.modules, "ai_edge_litert", None)  # as if not installed
   monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
-  with pytest.raises(extras.MissingExtraError, match=r"running \.tflite models needs "
-                     r"ai_edge_litert, which is not installed: pip install 'tf_prob_unet\[tflite\]'"):
+  with pytest.raises(extras.MissingExtraError, match=(
+      r"running \.tflite models needs ai_edge_litert, which is not installed: "
+      r"pip install 'tf_prob_unet\[tflite\]'")):
     extras.require("ai_edge_litert.interpreter", "tflite", "running .tflite models")
 
   def body():

@@ -1,8 +1,9 @@
 r"""Exports a training run for TF Serving.
 
 `python -m tf_prob_unet.export saved_model --model_dir=MODEL --export_dir=BASE
-[--model_name=prob_unet] [--version=N] [--overwrite]` writes `BASE/NAME/N/` (SavedModel with the signatures documented in
-`tf_prob_unet/export_lib.py` and BUILD.md). A thin absl main over `export_lib.export_saved_model`.
+[--model_name=prob_unet] [--version=N] [--overwrite]` writes `BASE/NAME/N/` (SavedModel with the
+signatures documented in `tf_prob_unet/export_lib.py`). A thin absl main over
+`export_lib.export_saved_model`.
 """
 
 import os
