@@ -8,6 +8,15 @@ from absl import logging
 from tf_prob_unet import extras
 
 
+class _DropTfdsDtypeDeprecation:
+  """Drops TFDS 4.9's `FeatureConnector.dtype` deprecation notice, which its own `Tensor`
+  decoder logs for every encoded feature read (this package asks for `tf_dtype`)."""
+
+  @staticmethod
+  def filter(record):
+    return "`FeatureConnector.dtype` is deprecated" not in record.getMessage()
+
+
 def main_with_errors(body):
   """An absl `main` that runs `body()` and turns a `ValueError` (bad input), a
   `FloatingPointError` (training diverged) or a `MissingExtraError` (an optional dependency not
@@ -20,6 +29,7 @@ def main_with_errors(body):
     if len(argv) > 1:
       raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
+    logging.get_absl_logger().addFilter(_DropTfdsDtypeDeprecation)
     try:
       body()
     except (ValueError, FloatingPointError, extras.MissingExtraError) as e:
