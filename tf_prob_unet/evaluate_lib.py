@@ -112,6 +112,11 @@ def score(data, spec, num_samples, seed=0):
           s, ignore_mask_from=graders if kw["ignore_index"] is not None else None, **kw))
       result["ncc"][str(n)] = _nanmean(metrics.s_ncc(
           s, graders, num_classes=spec.num_classes, ignore_index=kw["ignore_index"]))
+  if spec.kind == "graders":  # R from the data; QUBIQ for binary multi-rater tasks.
+    result["num_raters"] = int(graders.shape[1])
+    if spec.num_classes == 2:
+      result["qubiq_dice"] = {str(n): _nanmean(metrics.qubiq_dice(samples[:, :n], graders))
+                              for n in counts}
   mean_pred = data["mean_prediction"][:, None].astype(np.int64)
   result["ged_mean_prediction"] = _nanmean(metrics.ged(mean_pred, gt, gt_w, **kw))
   result["ged_resampled"] = metrics.resampled_ged(samples, gt, gt_w, counts, seed=seed, **kw)
@@ -141,6 +146,8 @@ def score(data, spec, num_samples, seed=0):
       "hm_iou": "Hungarian matching on 1 - IoU, graders and samples tiled to lcm(n, R)",
       "diversity": "mean d(S, S') over i != i'",
       "ged_mean_prediction": "the prior-mean prediction as one deterministic sample",
+      "qubiq_dice": "binary graders: mean over t = 0.1..0.9 of Dice(mean of the n sample masks "
+                    "> t, mean of the R rater masks > t); two empty masks give Dice 1",
       "ged_resampled": "n draws with replacement from the model's largest sample set (a fixed "
                        "set of heads or members used as a sampler)",
       "ged_ideal": "where modes are known: GED of n iid draws from the true modes ('iid', "

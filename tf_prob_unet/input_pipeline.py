@@ -58,6 +58,12 @@ def _builders_dirs():
   return list(importlib.import_module(DATASETS_PACKAGE).__path__)
 
 
+def builder_names():
+  """The names of this package's builders (or of `$TF_PROB_UNET_DATASETS_DIR`'s), sorted."""
+  return sorted({d for root in _builders_dirs() for d in os.listdir(root)
+                 if os.path.exists(os.path.join(root, d, f"{d}_dataset_builder.py"))})
+
+
 def _local_builder_module(name):
   """Imports the builder `tf_prob_unet_datasets.<name>.<name>_dataset_builder`, or returns None
   if there is none.
@@ -115,11 +121,15 @@ def get_builder(dataset, data_dir=None, prepare=True):
   """
   name = dataset.split("/")[0]
   module = _local_builder_module(name)
-  if module is None and name not in tfds.list_builders():
-    local = sorted({d for root in _builders_dirs() for d in os.listdir(root)
-                    if os.path.exists(os.path.join(root, d, f"{d}_dataset_builder.py"))})
-    raise ValueError(f"--dataset: no builder named {name!r}; this package has {local} "
-                     f"(or any TFDS dataset name).")
+  # A dataset prepared without code of its own (e.g. by `import_data`) is read from its files.
+  imported = os.path.isdir(os.path.join(os.path.expanduser(
+      data_dir or tfds.core.constants.DATA_DIR), name))
+  if module is None and not imported and name not in tfds.list_builders():
+    local = builder_names()
+    raise ValueError(f"--dataset: no builder named {name!r} and no prepared dataset "
+                     f"{name!r} in {data_dir or tfds.core.constants.DATA_DIR}; this package "
+                     f"has {local} (or any TFDS dataset name, or a name imported with "
+                     f"import_data).")
   try:
     builder = tfds.builder(dataset, data_dir=data_dir)
   except (tfds.core.registered.DatasetNotFoundError, ValueError) as e:

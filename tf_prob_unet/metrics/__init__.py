@@ -7,7 +7,8 @@ vectorised over masks and pixels; work is done in chunks of images to bound memo
 
 Modules: `distance` (validation and the `1 - IoU` distance core, `iou_distance_matrix`), `ged`
 (GED, sample diversity, ideal and resampled GED), `matching` (HM-IoU), `ncc` (S_NCC), `modes`
-(mode statistics, pixel flip rates) and `calibration`. Every public name is re-exported here, so
+(mode statistics, pixel flip rates), `calibration` and `qubiq` (the QUBIQ score). Every public
+name is re-exported here, so
 `from tf_prob_unet import metrics; metrics.ged(...)` works.
 
 Conventions (the README points here):
@@ -94,6 +95,8 @@ from tf_prob_unet.metrics.modes import assign_modes
 from tf_prob_unet.metrics.modes import mode_statistics
 from tf_prob_unet.metrics.modes import pixel_flip_rates
 from tf_prob_unet.metrics.ncc import s_ncc
+from tf_prob_unet.metrics.qubiq import QUBIQ_THRESHOLDS
+from tf_prob_unet.metrics.qubiq import qubiq_dice
 
 __all__ = [
     "iou_distance_matrix",
@@ -106,4 +109,6 @@ __all__ = [
     "ideal_geds",
     "resampled_ged",
     "pixel_flip_rates",
+    "qubiq_dice",
+    "QUBIQ_THRESHOLDS",
 ]
