@@ -46,7 +46,7 @@ allocators:
 	else echo "note: no apt-get as root here; the binaries use glibc malloc"; fi
 
 # The Probabilistic U-Net against the baselines on the synthetic LIDC-like data, one budget
-# (README, "Baselines"); COMPARE_FLAGS passes options to bench/compare_models.py.
+# (docs/reproduction.md, "Baselines"); COMPARE_FLAGS passes options to bench/compare_models.py.
 COMPARE_FLAGS ?=
 compare: install
 	$(PY) bench/compare_models.py --output_dir=runs/compare $(COMPARE_FLAGS)

@@ -3,7 +3,7 @@
 **oneDNN.** TensorFlow's x86 wheels carry oneDNN (MKL-DNN) kernels but enable them by default only
 on some Intel CPUs; on this AMD EPYC they were off. `enable_onednn` sets `TF_ENABLE_ONEDNN_OPTS=1`
 unless the user set it: measured here, the U-Net forward pass got about 1.45x faster and a training
-step about 1.2x (BUILD.md). Results differ from the Eigen kernels by float round-off only.
+step about 1.2x (docs/benchmarks.md). Results differ from the Eigen kernels by float round-off only.
 
 **Allocator.** TensorFlow on CPU allocates and frees many large, short-lived buffers per step; with
 glibc malloc a part of every step goes to page faults. A tuned allocator must be loaded before the
@@ -17,7 +17,7 @@ set, the binaries re-execute themselves once with it preloaded (`maybe_reexec`):
 The benchmarks (`bench/run_all.py`) set it explicitly (`auto` unless told otherwise).
 
 The libraries come from the distribution's packages (Debian: `libtcmalloc-minimal4`,
-`libjemalloc2`; `make allocators` installs them). BUILD.md lists what each allocator measured.
+`libjemalloc2`; `make allocators` installs them). docs/benchmarks.md lists what each allocator measured.
 
 **Start-up chatter.** TensorFlow's first import and device query print notices before its log
 level applies: oneDNN and CPU-feature notices, and on a machine without an NVIDIA driver the

@@ -153,7 +153,7 @@ def make_strategy(name):
   """The `tf.distribute` strategy called `name` (one of `STRATEGIES`).
 
   `multi_worker_mirrored` reads the cluster from the `TF_CONFIG` environment variable (see
-  BUILD.md); without it, it is a single worker.
+  docs/training.md); without it, it is a single worker.
   """
   if name == "mirrored":
     return tf.distribute.MirroredStrategy()

@@ -1,4 +1,4 @@
-r"""Writes a TF Serving REST `:predict` request body for images: the example of BUILD.md.
+r"""Writes a TF Serving REST `:predict` request body for images: the example of docs/export.md.
 
 `python -m tf_prob_unet.export predict_request --image=a.png [--image=b.png] [--num_samples=16]
 [--signature=sample] [--channels=1] > request.json`, then

@@ -8,7 +8,7 @@ from tf_prob_unet import native
 
 # Below this many input or output channels the tap matmuls are too thin to beat TensorFlow's
 # kernel, and below this many output channels the native op is too (measured per layer on this
-# CPU; BUILD.md). Thin inputs with wide outputs (first layers) use the native op.
+# CPU; docs/benchmarks.md). Thin inputs with wide outputs (first layers) use the native op.
 MIN_CHANNELS = 32
 # Rows of (input + output-gradient) floats per chunk (4 MB): one chunk stays in the last-level
 # cache while its kh * kw tap matmuls read it, instead of streaming the batch from memory per tap.
@@ -28,7 +28,7 @@ def kernel_gradient_by_offsets(inputs, grad_outputs, kernel_size):
   tensors (no shifted or im2col copies), and the rows are processed in chunks of about
   `CHUNK_ELEMENTS` floats so that each chunk is read from memory once for all `kh * kw` taps.
   Same products as `Conv2DBackpropFilter`, summed in another order; 1.3-2.6x faster than it for
-  the U-Net's layers with at least `MIN_CHANNELS` channels on this CPU (BUILD.md).
+  the U-Net's layers with at least `MIN_CHANNELS` channels on this CPU (docs/benchmarks.md).
 
   Args:
     inputs: `[B, H, W, C_in]`.
@@ -70,7 +70,7 @@ def input_gradient(grad_outputs, kernel):
   It is itself a stride-1 SAME convolution of the output gradient, with the kernel flipped in
   both spatial axes and its channel axes swapped (the padding is symmetric for odd kernels). Run
   as a forward convolution it is 1.3-2.2x faster than `Conv2DBackpropInput` for most of the
-  U-Net's layers on this CPU (oneDNN; BUILD.md), with the same products summed in another order.
+  U-Net's layers on this CPU (oneDNN; docs/benchmarks.md), with the same products summed in another order.
 
   Args:
     grad_outputs: `[B, H, W, C_out]`.
