@@ -25,6 +25,18 @@ def assert_config_round_trip(layer):
   return clone
 
 
+def assert_keras_file_round_trip(model, path):
+  """Saves `model` to the `.keras` file `path` and loads it back: same class and config.
+
+  Returns:
+    The loaded model.
+  """
+  model.save(path)
+  loaded = keras.models.load_model(path)
+  assert type(loaded) is type(model) and loaded.get_config() == model.get_config()
+  return loaded
+
+
 def assert_allclose(a, b, **kw):
   kw.setdefault("rtol", 1e-6)
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), **kw)

@@ -122,12 +122,13 @@ def test_export_refuses_an_existing_version_and_bad_names(tmp_path):
 def test_export_refuses_models_without_a_latent_prior(tmp_path):
   class Deterministic(SegmentationModel):
     pass
-  with pytest.raises(ValueError, match="expected a prob_unet run .* found model 'other'"):
+  with pytest.raises(ValueError,
+                     match="expected a prob_unet or hprob_unet run .* found model 'other'"):
     export_lib.check_exportable(Deterministic(), "other")
   model_dir, _ = write_model_dir(tmp_path / "unet", "unet", num_classes=2,
                                  channels=TINY_CHANNELS, convs_per_block=1)
-  with pytest.raises(ValueError, match="--model_dir: expected a prob_unet run .* found model "
-                     "'unet'"):
+  with pytest.raises(ValueError, match="--model_dir: expected a prob_unet or hprob_unet run .* "
+                     "found model 'unet'"):
     export_lib.export_saved_model(model_dir, str(tmp_path / "export"))
   assert not os.path.exists(tmp_path / "export" / "prob_unet" / "1")
 

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 
 import keras
 import numpy as np
@@ -57,7 +58,9 @@ def draw_samples(model, builder, spec, split, num_samples, batch_size, limit=0, 
   Returns:
     A dict: `images` `[B, H, W, C]`, `samples` `[B, S, H, W]` uint8, `mean_prediction`
     `[B, H, W]` uint8 (prior-mean / deterministic prediction), `references`, `reference_weights`,
-    and where present `modes`, `mode_probs`, `label`, `ids`.
+    and where present `modes`, `mode_probs`, `label`, `ids`; `seconds_per_sample`, a float: the
+    wall time of `model.sample` per image and sample, over the batches after the first (the first
+    call traces the graph; with one batch it is timed on a second call).
   """
   ds = input_pipeline.eval_dataset(builder, spec, batch_size, split=split, limit=limit or None)
   total = builder.info.splits[split].num_examples
@@ -67,9 +70,15 @@ def draw_samples(model, builder, spec, split, num_samples, batch_size, limit=0, 
   out = {}
   bar = progress_bar(total)
   done = 0
+  timed, timed_samples = 0.0, 0
   for i, batch in enumerate(ds):
     seed_i = tf.constant([seed, i], tf.int64)
-    parts = {"samples": sample_fn(batch["image"], seed_i).numpy().astype(np.uint8),
+    t0 = time.perf_counter()
+    samples = sample_fn(batch["image"], seed_i).numpy()
+    if i:
+      timed += time.perf_counter() - t0
+      timed_samples += samples.shape[0] * samples.shape[1]
+    parts = {"samples": samples.astype(np.uint8),
              "mean_prediction": mean_fn(batch["image"]).numpy().astype(np.uint8)}
     for key, value in batch.items():
       parts["ids" if key == "id" else key] = value.numpy()
@@ -77,7 +86,14 @@ def draw_samples(model, builder, spec, split, num_samples, batch_size, limit=0, 
       out.setdefault(key, []).append(value)
     done += len(parts["samples"])
     bar.update(done)
-  return {k: np.concatenate(v) for k, v in out.items()}
+    first = batch["image"]
+  if not timed_samples:
+    t0 = time.perf_counter()
+    samples = sample_fn(first, tf.constant([seed, 0], tf.int64)).numpy()
+    timed, timed_samples = time.perf_counter() - t0, samples.shape[0] * samples.shape[1]
+  data = {k: np.concatenate(v) for k, v in out.items()}
+  data["seconds_per_sample"] = timed / max(timed_samples, 1)
+  return data
 
 
 def _nanmean(x):
@@ -164,11 +180,13 @@ def report_markdown(results, counts):
   """A table like the paper's: one row per model, GED and HM-IoU per sample count."""
   lines = ["# Evaluation report", ""]
   header = ["model", "step"] + [f"GED{n}" for n in counts] + [f"HM-IoU{n}" for n in counts] + \
-      ["GED mean pred."]
+      ["GED mean pred.", "--model", "ms / sample"]
   lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for label, r in results.items():
+    per_sample = r.get("seconds_per_sample")
     row = [label, str(r.get("step", ""))] + [f"{r['ged'][str(n)]:.4f}" for n in counts] + \
-        [f"{r['hm_iou'][str(n)]:.4f}" for n in counts] + [f"{r['ged_mean_prediction']:.4f}"]
+        [f"{r['hm_iou'][str(n)]:.4f}" for n in counts] + [f"{r['ged_mean_prediction']:.4f}"] + \
+        [r.get("model", ""), "" if per_sample is None else f"{1000 * per_sample:.2f}"]
     lines.append("| " + " | ".join(row) + " |")
   first = next(iter(results.values()))
   if "ged_ideal" in first:
@@ -176,7 +194,7 @@ def report_markdown(results, counts):
     for kind, what in (("iid", "ideal sampler (iid true modes)"),
                        ("set", "ideal set (modes in proportion)")):
       lines.append("| " + " | ".join([what, ""] + [f"{ref[kind][str(n)]:.4f}" for n in counts] +
-                                     [""] * (len(counts) + 1)) + " |")
+                                     [""] * (len(counts) + 3)) + " |")
   if all("ged_resampled" in r for r in results.values()):
     lines += ["", "GED of n draws with replacement from each model's largest sample set (fixed "
               "sets such as heads or members used as samplers):", "",
@@ -213,8 +231,10 @@ def report_markdown(results, counts):
 def summary_table(label, result, counts):
   """The console table: GED (and the mean-prediction baseline), HM-IoU and mode calibration."""
   has_modes = "mode_tv" in result
+  per_sample = result.get("seconds_per_sample")
   lines = [f"{label} (step {result.get('step', '?')}) on {result.get('dataset', '?')}:"
-           f"{result.get('split', '?')}, {result['num_images']} images",
+           f"{result.get('split', '?')}, {result['num_images']} images"
+           + ("" if per_sample is None else f", {1000 * per_sample:.2f} ms per sample"),
            "   n     GED  GED(mean pred)  HM-IoU" +
            ("  mode_tv  mode_tv/img  floor/img" if has_modes else "")]
   for n in counts:
@@ -284,7 +304,8 @@ def run(config, log=print):
                           config.limit, config.seed)
     result = score(data, spec, counts, config.seed)
     result.update(model_dir=model_dir, step=info["step"], dataset=info["dataset"],
-                  split=config.split)
+                  split=config.split, model=info["model"],
+                  seconds_per_sample=data["seconds_per_sample"])
     results[label] = result
     figures[label] = (data, spec)
   out = config.output_dir

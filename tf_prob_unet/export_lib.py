@@ -27,6 +27,14 @@ F f_comb channels):
 `convert_tflite` turns a SavedModel written here into TFLite models with built-in ops only
 (no Flex): the split pair `encoder` / `combiner` and `sample_with_noise` (one model, noise as an
 input, no random ops), each in float32 and optionally float16 and dynamic-range quantised.
+
+A Hierarchical Probabilistic U-Net (`hprob_unet`) exports `sample`, `sample_with_noise`,
+`predict_mean` and `uncertainty` (`HPU_SIGNATURES`): its noise is the flat `[B, M, D]` vector of
+every latent scale's standard-normal draws, `D = model.noise_dim(H, W)` (85 at 128x128 with the
+LIDC setting; layout in `HierarchicalProbUNet.split_noise`), `z_i = prior mean_i + prior
+scale_i * noise_i` per scale; H and W must be multiples of `2^(levels - 1)`. It has no
+encoder / combiner split (every sample reruns the decoders), so its TFLite model is
+`sample_with_noise` alone.
 """
 
 import json
@@ -41,13 +49,15 @@ import tensorflow as tf
 
 from tf_prob_unet import extras
 from tf_prob_unet import run_dir
-from tf_prob_unet.models import ProbUNet
+from tf_prob_unet.models import HierarchicalProbUNet, ProbUNet
 
 INFO_FILE = os.path.join("assets.extra", "tf_prob_unet.json")
 TFLITE_INFO_FILE = "tflite_info.json"
 SIGNATURES = ("sample", "sample_with_noise", "predict_mean", "uncertainty", "encoder",
               "combiner")
 TFLITE_MODELS = ("sample_with_noise", "encoder", "combiner")
+HPU_SIGNATURES = ("sample", "sample_with_noise", "predict_mean", "uncertainty")
+HPU_TFLITE_MODELS = ("sample_with_noise",)
 QUANTIZATIONS = ("float32", "float16", "dynamic_range")
 
 
@@ -86,14 +96,19 @@ def preprocess(images, channels):
   return tf.cast(images, tf.float32) / 255.0
 
 
-def _check_noise(noise, images, latent_dim):
-  """`noise` as `[B, M, N]` float32, checked against the images' batch at run time."""
+def _check_noise(noise, images, latent_dim, description=None):
+  """`noise` as `[B, M, N]` float32, checked against the images' batch at run time.
+
+  `latent_dim` may be a scalar tensor (the HPU-Net's noise size depends on the image size);
+  `description` then names it in the messages.
+  """
+  description = description or str(latent_dim)
   rank_ok = tf.debugging.assert_rank(
-      noise, 3, message=f"noise: expected float32 [batch, num_samples, {latent_dim}]")
+      noise, 3, message=f"noise: expected float32 [batch, num_samples, {description}]")
   with tf.control_dependencies([rank_ok]):
     dims_ok = tf.debugging.assert_equal(
         tf.shape(noise)[::2], tf.stack([tf.shape(images)[0], latent_dim]),
-        message=f"noise: expected [batch of images, num_samples, {latent_dim}], found "
+        message=f"noise: expected [batch of images, num_samples, {description}], found "
                 f"(below) another [batch, latent size]")
   with tf.control_dependencies([dims_ok]):
     dims = tf.shape(noise)
@@ -156,48 +171,100 @@ def combiner_logits(model, features, z):
 
 def check_exportable(model, name="model"):
   """Raises a one-line ValueError unless `model` has a latent prior to sample from."""
-  if not isinstance(model, ProbUNet):
-    raise ValueError(f"--model_dir: expected a prob_unet run (the export signatures feed "
-                     f"latent noise through the prior net and f_comb), found model {name!r}.")
+  if not isinstance(model, (ProbUNet, HierarchicalProbUNet)):
+    raise ValueError(f"--model_dir: expected a prob_unet or hprob_unet run (the export "
+                     f"signatures feed latent noise through the prior), found model {name!r}.")
+
+
+def signature_names(model_name):
+  """The signatures an export of model `model_name` (`prob_unet`, `hprob_unet`) holds."""
+  return HPU_SIGNATURES if model_name == "hprob_unet" else SIGNATURES
+
+
+def noise_size(info, height, width):
+  """Noise draws per sample for `height x width` images of an export (its `read_info` record):
+  the latent size N, or the HPU-Net's `noise_dim(H, W)`."""
+  if info["model"] != "hprob_unet":
+    return info["latent_dim"]
+  factor = 2 ** (len(info["kwargs"]["channels"]) - 1)
+  return sum((height // factor * 2 ** i) * (width // factor * 2 ** i) * d
+             for i, d in enumerate(info["kwargs"]["latent_dims"]))
+
+
+def _check_image_size(images, factor):
+  """Run-time check that H and W are multiples of `factor` (the HPU-Net's `2^(levels - 1)`)."""
+  ok = tf.debugging.assert_equal(
+      tf.shape(images)[1:3] % factor, 0,
+      message=f"images: expected height and width multiples of {factor}, found (below) "
+              f"remainders")
+  with tf.control_dependencies([ok]):
+    return tf.identity(images)
 
 
 def serving_functions(model, channels):
   """The signature functions of a SavedModel export, keyed by signature name.
 
   They use f_comb's TensorFlow ops (`native=False`): TF Serving and the TFLite converter cannot
-  load this package's native kernel library.
+  load this package's native kernel library. The HPU-Net's decode all samples as one batch
+  (`batched=True`), without a loop.
 
   Args:
-    model: a built `ProbUNet`.
+    model: a built `ProbUNet` or `HierarchicalProbUNet` (the latter without `encoder` and
+      `combiner`; its noise size depends on the image size, which must be a multiple of
+      `2^(levels - 1)`, checked at run time).
     channels: input channels C.
 
   Returns:
     A dict name -> `(fn, input_signature)`; `sample` first (it becomes `serving_default`).
   """
-  k, n = model.num_classes, model.latent_dim
-  f = model.fcomb.channels
   images_spec = tf.TensorSpec(None, tf.uint8, name="images")
   count_spec = tf.TensorSpec([], tf.int32, name="num_samples")
+  hierarchical = isinstance(model, HierarchicalProbUNet)
+  if hierarchical:
+    factor, description = 2 ** (len(model.channels) - 1), "noise_dim(H, W)"
+    # One batch of all samples: no loop in the graph, so TFLite converts it to built-in ops.
+    sample_options = {"batched": True}
+
+    def inputs(images):
+      x = _check_image_size(preprocess(images, channels), factor)
+      shape = tf.shape(x)
+      return x, model.noise_dim(shape[1], shape[2])
+  else:
+    description, sample_options = None, {"native": False}
+
+    def inputs(images):
+      return preprocess(images, channels), model.latent_dim
 
   def drawn(images, num_samples):
-    x = preprocess(images, channels)
+    x, n = inputs(images)
     noise = _fresh_noise(tf.shape(x)[0], _check_num_samples(num_samples), n)
-    return class_outputs(model.sample_from_noise(x, noise, native=False)), noise
+    return class_outputs(model.sample_from_noise(x, noise, **sample_options)), noise
 
   def sample(images, num_samples):
     out, noise = drawn(images, num_samples)
     return {"labels": out["labels"], "probabilities": out["probabilities"], "noise": noise}
 
   def sample_with_noise(images, noise):
-    x = preprocess(images, channels)
-    return class_outputs(model.sample_from_noise(x, _check_noise(noise, x, n), native=False))
+    x, n = inputs(images)
+    return class_outputs(model.sample_from_noise(x, _check_noise(noise, x, n, description),
+                                                 **sample_options))
 
   def predict_mean(images):
-    return class_outputs(model.predict_prior_mean(preprocess(images, channels)))
+    return class_outputs(model.predict_prior_mean(inputs(images)[0]))
 
   def uncertainty_fn(images, num_samples):
     out, noise = drawn(images, num_samples)
     return {**uncertainty(out["labels"], out["probabilities"]), "noise": noise}
+
+  functions = {
+      "sample": (sample, [images_spec, count_spec]),
+      "sample_with_noise": (sample_with_noise, [
+          images_spec, tf.TensorSpec(None, tf.float32, name="noise")]),
+      "predict_mean": (predict_mean, [images_spec]),
+      "uncertainty": (uncertainty_fn, [images_spec, count_spec]),
+  }
+  if hierarchical:
+    return functions
 
   def encoder(images):
     return encoder_outputs(model, preprocess(images, channels))
@@ -205,16 +272,13 @@ def serving_functions(model, channels):
   def combiner(features, z):
     return class_outputs(combiner_logits(model, features, z))
 
-  return {
-      "sample": (sample, [images_spec, count_spec]),
-      "sample_with_noise": (sample_with_noise, [
-          images_spec, tf.TensorSpec(None, tf.float32, name="noise")]),
-      "predict_mean": (predict_mean, [images_spec]),
-      "uncertainty": (uncertainty_fn, [images_spec, count_spec]),
+  functions.update({
       "encoder": (encoder, [images_spec]),
-      "combiner": (combiner, [tf.TensorSpec([None, None, None, f], tf.float32, name="features"),
-                              tf.TensorSpec([None, n], tf.float32, name="z")]),
-  }
+      "combiner": (combiner, [
+          tf.TensorSpec([None, None, None, model.fcomb.channels], tf.float32, name="features"),
+          tf.TensorSpec([None, model.latent_dim], tf.float32, name="z")]),
+  })
+  return functions
 
 
 # --- SavedModel -------------------------------------------------------------------------------
@@ -308,8 +372,15 @@ def write_saved_model(model, info, target):
         "model": info["model"], "kwargs": info["kwargs"], "input_shape": info["input_shape"],
         "dataset": info.get("dataset"), "step": info.get("step"),
         "checkpoint": info.get("checkpoint"), "num_classes": model.num_classes,
-        "latent_dim": model.latent_dim, "feature_channels": model.fcomb.channels,
-        "signatures": list(SIGNATURES), "preprocessing": "uint8 images / 255 (inside the graph)"}
+        "signatures": list(signature_names(info["model"])),
+        "preprocessing": "uint8 images / 255 (inside the graph)"}
+    if isinstance(model, HierarchicalProbUNet):
+      height, width = info["input_shape"][:2]
+      # `latent_dim`: the noise size per sample at the training image size.
+      record.update(latent_dim=model.noise_dim(height, width),
+                    latent_shapes=[list(s) for s in model.latent_shapes(height, width)])
+    else:
+      record.update(latent_dim=model.latent_dim, feature_channels=model.fcomb.channels)
     run_dir.atomic_write(os.path.join(tmp, INFO_FILE), json.dumps(record, indent=2))
     _replace_dir(tmp, target)
   finally:
@@ -394,12 +465,23 @@ def tflite_functions(loaded, info, batch_size=1, num_samples=16, image_size=None
 
   Returns:
     A dict name -> concrete function: `encoder`, `combiner` and `sample_with_noise` (the
-    encoder, then the combiner over the B * M (image, z) pairs: no loop, no random op).
+    encoder, then the combiner over the B * M (image, z) pairs: no loop, no random op). For an
+    `hprob_unet` export only `sample_with_noise` (the export's signature at static shapes).
   """
   height, width = image_size or info["input_shape"][:2]
   channels = info["input_shape"][-1]
-  n, f = info["latent_dim"], info["feature_channels"]
   b, m = int(batch_size), int(num_samples)
+  if info["model"] == "hprob_unet":
+    signature = loaded.signatures["sample_with_noise"]
+
+    @tf.function(autograph=False, input_signature=[
+        tf.TensorSpec([b, height, width, channels], tf.uint8, name="images"),
+        tf.TensorSpec([b, m, noise_size(info, height, width)], tf.float32, name="noise")])
+    def hpu_sample_with_noise(images, noise):
+      return signature(images=images, noise=noise)
+
+    return {"sample_with_noise": hpu_sample_with_noise.get_concrete_function()}
+  n, f = info["latent_dim"], info["feature_channels"]
   encoder = loaded.signatures["encoder"]
   combiner = loaded.signatures["combiner"]
   images_spec = tf.TensorSpec([b, height, width, channels], tf.uint8, name="images")
@@ -449,7 +531,8 @@ def convert_tflite(saved_model_dir, output_dir, batch_size=1, num_samples=16, im
                    quantizations=QUANTIZATIONS, overwrite=False):
   """Converts an export to TFLite models with built-in ops only.
 
-  Writes `<name>[_<quantization>].tflite` for the names of `TFLITE_MODELS` and
+  Writes `<name>[_<quantization>].tflite` for the names of `TFLITE_MODELS` (`HPU_TFLITE_MODELS`
+  for an `hprob_unet` export) and
   `tflite_info.json` (inputs, outputs, shapes), all into a temporary directory renamed to
   `output_dir` at the end.
 
@@ -482,7 +565,7 @@ def convert_tflite(saved_model_dir, output_dir, batch_size=1, num_samples=16, im
               "num_classes": info["num_classes"], "latent_dim": info["latent_dim"],
               "batch_size": batch_size, "num_samples": num_samples, "files": {},
               "signatures": {}, "preprocessing": "uint8 images / 255 (inside the models)"}
-    for name in TFLITE_MODELS:
+    for name in functions:
       fn = functions[name]
       record["signatures"][name] = {
           "inputs": {s.name: [s.shape.as_list(), s.dtype.name]

@@ -110,12 +110,14 @@ def keras_sampler(model, channels):
   return fn
 
 
-def saved_model_sampler(loaded, latent_dim):
-  """The same contract through an export's `sample_with_noise` signature."""
+def saved_model_sampler(loaded, info):
+  """The same contract through an export's `sample_with_noise` signature (`info`: its
+  `export_lib.read_info` record, which gives the noise size per image size)."""
   signature = loaded.signatures["sample_with_noise"]
 
   def fn(images, num_samples, seed):
-    noise = common.normal_noise(tf.stack([images.shape[0], num_samples, latent_dim]), seed)
+    size = export_lib.noise_size(info, images.shape[1], images.shape[2])
+    noise = common.normal_noise(tf.stack([images.shape[0], num_samples, size]), seed)
     out = signature(images=tf.constant(images), noise=noise)
     return out["labels"].numpy(), out["probabilities"].numpy()
   return fn
@@ -152,7 +154,7 @@ def run(config, log=print):
   else:
     info = export_lib.read_info(config.saved_model)
     channels = int(info["input_shape"][-1])
-    sampler = saved_model_sampler(tf.saved_model.load(config.saved_model), info["latent_dim"])
+    sampler = saved_model_sampler(tf.saved_model.load(config.saved_model), info)
     num_classes = info["num_classes"]
   images = [load_image(p, channels, config.ct_window) for p in config.image]
   size = tuple(int(v) for v in info["input_shape"][:2])

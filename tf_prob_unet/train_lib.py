@@ -21,6 +21,7 @@ from tqdm import tqdm
 from tf_prob_unet import runtime
 from tf_prob_unet import input_pipeline
 from tf_prob_unet import models
+from tf_prob_unet import objectives
 from tf_prob_unet import plots
 from tf_prob_unet import run_dir
 
@@ -48,10 +49,20 @@ class TrainConfig:
   num_fcomb_hidden: int = 3
   upsample_mode: str = "align_corners"
   log_sigma_bound: float = 5.0
+  # Hierarchical Probabilistic U-Net (hprob_unet); its levels are `channels`.
+  latent_dims: tuple = (1, 1, 1, 1)
+  blocks_per_level: int = 3
   # Loss.
   beta: float = 1.0
   kl_estimate: str = "analytic"
   weight_decay: float = 1e-5
+  # Objective of the latent models: elbo (rec + beta * kl) | geco (objectives.GECO).
+  objective: str = "elbo"
+  geco_kappa: float = 0.05
+  geco_decay: float = 0.99
+  geco_rate: float = 0.01
+  top_k: str = "stochastic"
+  top_k_percentage: float = 0.02
   # Baselines.
   dropout_rate: float = 0.5
   dropout_levels: int = 3
@@ -82,7 +93,27 @@ class TrainConfig:
       raise ValueError(f"--dtype_policy: expected one of {DTYPE_POLICIES}, found "
                        f"{self.dtype_policy!r}.")
     models.get_model_class(self.model)
-    for name in ("train_steps", "batch_size", "latent_dim", "convs_per_block"):
+    if self.objective not in objectives.OBJECTIVES:
+      raise ValueError(f"--objective: expected one of {objectives.OBJECTIVES}, found "
+                       f"{self.objective!r}.")
+    if self.objective != "elbo" and "objective" not in models.filter_kwargs(
+        self.model, {"objective": None}):
+      latent = sorted(n for n in models.MODELS if "objective" in models.filter_kwargs(
+          n, {"objective": None}))
+      raise ValueError(f"--objective: expected elbo for --model={self.model} (GECO trains the "
+                       f"latent models: {', '.join(latent)}), found {self.objective!r}.")
+    if self.top_k not in objectives.TOP_K_MODES:
+      raise ValueError(f"--top_k: expected one of {objectives.TOP_K_MODES}, found "
+                       f"{self.top_k!r}.")
+    if not 0.0 < self.top_k_percentage <= 1.0:
+      raise ValueError(f"--top_k_percentage: expected a fraction in (0, 1], found "
+                       f"{self.top_k_percentage}.")
+    if not 0.0 <= self.geco_decay < 1.0:
+      raise ValueError(f"--geco_decay: expected a value in [0, 1), found {self.geco_decay}.")
+    if self.geco_rate <= 0.0:
+      raise ValueError(f"--geco_rate: expected a positive value, found {self.geco_rate}.")
+    for name in ("train_steps", "batch_size", "latent_dim", "convs_per_block",
+                 "blocks_per_level"):
       if getattr(self, name) <= 0:
         raise ValueError(f"--{name}: expected a positive integer, found {getattr(self, name)}.")
     if len(self.lr_values) != len(self.lr_boundaries) + 1:
@@ -92,6 +123,11 @@ class TrainConfig:
       raise ValueError(f"--lr_boundaries: expected increasing steps, found {self.lr_boundaries}.")
     if not self.channels:
       raise ValueError("--channels: expected at least one level, found none.")
+    if self.model == "hprob_unet" and not (
+        1 <= len(self.latent_dims) < len(self.channels) and min(self.latent_dims) >= 1):
+      raise ValueError(f"--latent_dims: expected 1 to len(--channels) - 1 = "
+                       f"{len(self.channels) - 1} positive latent sizes, found "
+                       f"{','.join(str(d) for d in self.latent_dims)!r}.")
     for name in ("ensemble_size", "num_heads", "dropout_levels"):
       if getattr(self, name) < 1:
         raise ValueError(f"--{name}: expected a positive integer, found {getattr(self, name)}.")
@@ -211,15 +247,26 @@ def model_kwargs(config, spec):
                 num_fcomb_hidden=config.num_fcomb_hidden, beta=config.beta,
                 kl_estimate=config.kl_estimate, weight_decay=config.weight_decay,
                 log_sigma_bound=config.log_sigma_bound, upsample_mode=config.upsample_mode,
-                seed=config.seed,
+                seed=config.seed, latent_dims=tuple(config.latent_dims),
+                blocks_per_level=config.blocks_per_level,
                 # The baselines' classifier heads mirror f_comb (without the latent).
                 head_channels=config.fcomb_channels or None,
                 num_head_hidden=config.num_fcomb_hidden,
                 dropout_rate=config.dropout_rate, dropout_levels=config.dropout_levels,
                 ensemble_size=config.ensemble_size,
                 member_batch=config.ensemble_member_batch, num_heads=config.num_heads,
-                epsilon=config.m_heads_epsilon)
+                epsilon=config.m_heads_epsilon, objective=objective_spec(config))
   return models.filter_kwargs(config.model, kwargs)
+
+
+def objective_spec(config):
+  """The latent models' `objective` argument of a config (None: the ELBO)."""
+  if config.objective == "elbo":
+    return None
+  return objectives.normalize({
+      "name": config.objective, "kappa": config.geco_kappa, "decay": config.geco_decay,
+      "rate": config.geco_rate, "top_k": config.top_k,
+      "top_k_percentage": config.top_k_percentage})
 
 
 def _check_resume(config, record):

@@ -1,4 +1,4 @@
-"""What both synthetic generators share: per-example seeding, smooth noise, pixel grids.
+"""What the synthetic generators share: per-example seeding, smooth noise, pixel grids.
 
 Each example depends only on ``(seed, split, index)`` through `example_rng`, so generation is
 deterministic and order-independent. Pure NumPy/SciPy.

@@ -352,19 +352,40 @@ def generate_lidc_like(rng, size):
   modes[MODE_RARE] = core | tail_mask
 
   # Image: textured background plus halo, tail and core intensities.
+  offset = np.where(wide & ~core, halo, 0.0)
+  offset = np.where(tail_mask, np.maximum(offset, tail_level), offset)
+  offset = np.where(core, contrast, offset)
+  return _grader_example(rng, offset, modes,
+                         lidc_mode_probs(contrast, halo, tail_level))
+
+
+def _grader_example(rng, offset, modes, probs):
+  """A grey-scale example with graders: the image of `offset`, the graders' draws.
+
+  The image is the textured background plus `offset` (blurred by
+  `EDGE_BLUR_SIGMA`) plus pixel noise; the `NUM_GRADERS` graders draw their
+  modes i.i.d. from `probs`.
+
+  Args:
+    rng: `np.random.Generator`.
+    offset: float [S, S], brightness above the background.
+    modes: uint8 [M, S, S], the mode masks.
+    probs: float64 [M], the exact mode probabilities.
+
+  Returns:
+    dict with "image", "masks", "modes", "mode_probs", "grader_modes".
+  """
+  size = offset.shape[0]
+  scale = size / REFERENCE_SIZE
   low, mid = _smooth_noise(
       rng, size, (BACKGROUND_LOW_SIGMA * scale, BACKGROUND_MID_SIGMA * scale))
   background = BACKGROUND_LEVEL + BACKGROUND_LOW_STD * low + (
       BACKGROUND_MID_STD * mid)
-  offset = np.where(wide & ~core, halo, 0.0)
-  offset = np.where(tail_mask, np.maximum(offset, tail_level), offset)
-  offset = np.where(core, contrast, offset)
   offset = ndimage.gaussian_filter(offset, EDGE_BLUR_SIGMA * scale)
   image = (background + offset +
            PIXEL_NOISE_STD * rng.standard_normal((size, size)))
-
-  probs = lidc_mode_probs(contrast, halo, tail_level)
-  grader_modes = rng.choice(4, size=NUM_GRADERS, p=probs).astype(np.int32)
+  grader_modes = rng.choice(len(probs), size=NUM_GRADERS,
+                            p=probs).astype(np.int32)
   return {
       "image": _to_uint8(image)[..., None],
       "masks": modes[grader_modes],

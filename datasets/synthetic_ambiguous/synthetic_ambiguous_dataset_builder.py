@@ -1,14 +1,16 @@
 """Synthetic ambiguous-segmentation dataset with an exactly known distribution.
 
-Two kinds of examples are generated procedurally (no download), each by a module of its own:
+Three kinds of examples are generated procedurally (no download), each by a module of its own:
 
 * ``lidc_like`` (`lidc_like.py`): a grey-scale "CT patch" with one or two lesions whose
   segmentation is ambiguous; four segmentation modes with probabilities known from what the
   image shows, and four graders drawing i.i.d. from them.
 * ``cityscapes_like`` (`cityscapes_like.py`): an RGB street scene with a 6-class label map and a
   black-box-style cue; stochastic label flips give 8 modes with known probabilities.
+* ``multiscale`` (`multiscale.py`): a grey-scale lesion ambiguous at two scales, a global choice
+  (is it marked at all) and four independent boundary parts: 17 modes with exact probabilities.
 
-All generation logic is pure NumPy/SciPy (`common.py` holds what both share), so it can be used
+All generation logic is pure NumPy/SciPy (`common.py` holds what they share), so it can be used
 without TFDS. Each example depends only on ``(seed, split, index)`` through `example_rng`, so
 generation is deterministic and order-independent. The builder does not import ``tf_prob_unet``.
 """
@@ -25,7 +27,7 @@ import tensorflow_datasets as tfds
 
 
 def _generator_modules():
-  """`(common, lidc_like, cityscapes_like)`, imported relative to this module's package.
+  """`(common, lidc_like, multiscale, cityscapes_like)`, imported relative to this module's package.
 
   Loaded by file path outside a package (e.g. by its test), this folder is registered as a
   package of its own first, so the generators' relative imports work the same way.
@@ -40,10 +42,10 @@ def _generator_modules():
       spec.name = package
       sys.modules[package] = importlib.util.module_from_spec(spec)
   return tuple(importlib.import_module(f"{package}.{name}")
-               for name in ("common", "lidc_like", "cityscapes_like"))
+               for name in ("common", "lidc_like", "multiscale", "cityscapes_like"))
 
 
-common, lidc_like, cityscapes_like = _generator_modules()
+common, lidc_like, multiscale, cityscapes_like = _generator_modules()
 
 # The generators' public names, as this module has always offered them.
 SPLIT_CODES = common.SPLIT_CODES
@@ -52,6 +54,11 @@ NUM_GRADERS = lidc_like.NUM_GRADERS
 LIDC_MODE_NAMES = lidc_like.LIDC_MODE_NAMES
 lidc_mode_probs = lidc_like.lidc_mode_probs
 generate_lidc_like = lidc_like.generate_lidc_like
+BORDER_MARGIN = lidc_like.BORDER_MARGIN
+generate_multiscale = multiscale.generate_multiscale
+multiscale_mode_names = multiscale.multiscale_mode_names
+multiscale_mode_probs = multiscale.multiscale_mode_probs
+_part_bits = multiscale._part_bits  # pylint: disable=protected-access
 VOID = cityscapes_like.VOID
 NUM_BASE_CLASSES = cityscapes_like.NUM_BASE_CLASSES
 NUM_CITY_CLASSES = cityscapes_like.NUM_CITY_CLASSES
@@ -66,7 +73,7 @@ generate_cityscapes_like = cityscapes_like.generate_cityscapes_like
 # TFDS builder.
 # -----------------------------------------------------------------------------
 
-KINDS = ("lidc_like", "cityscapes_like")
+KINDS = ("lidc_like", "cityscapes_like", "multiscale")
 
 
 @dataclasses.dataclass(eq=False)
@@ -74,7 +81,7 @@ class SyntheticAmbiguousConfig(tfds.core.BuilderConfig):
   """BuilderConfig of `synthetic_ambiguous`.
 
   Attributes:
-    kind: "lidc_like" or "cityscapes_like".
+    kind: "lidc_like", "cityscapes_like" or "multiscale".
     image_size: int, image height and width S.
     num_train: number of training examples.
     num_validation: number of validation examples.
@@ -127,22 +134,24 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     config = self.builder_config
     size = config.image_size
     zlib = tfds.features.Encoding.ZLIB
-    if config.kind == "lidc_like":
+    if config.kind in ("lidc_like", "multiscale"):
+      mode_names = (LIDC_MODE_NAMES if config.kind == "lidc_like" else
+                    multiscale_mode_names())
       features = tfds.features.FeaturesDict({
           "image": tfds.features.Image(shape=(size, size, 1), dtype=np.uint8),
           "masks": tfds.features.Tensor(
               shape=(NUM_GRADERS, size, size), dtype=np.uint8, encoding=zlib),
           "modes": tfds.features.Tensor(
-              shape=(len(LIDC_MODE_NAMES), size, size), dtype=np.uint8,
+              shape=(len(mode_names), size, size), dtype=np.uint8,
               encoding=zlib),
           "mode_probs": tfds.features.Tensor(
-              shape=(len(LIDC_MODE_NAMES),), dtype=np.float32),
+              shape=(len(mode_names),), dtype=np.float32),
           "grader_modes": tfds.features.Tensor(
               shape=(NUM_GRADERS,), dtype=np.int32),
           "id": tfds.features.Text(),
       })
       metadata = tfds.core.MetadataDict(
-          num_classes=2, mode_names=list(LIDC_MODE_NAMES))
+          num_classes=2, mode_names=list(mode_names))
     elif config.kind == "cityscapes_like":
       features = tfds.features.FeaturesDict({
           "image": tfds.features.Image(shape=(size, size, 3), dtype=np.uint8),
@@ -182,8 +191,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split, num_examples):
     """Yields ``(key, example)`` for one split."""
     config = self.builder_config
-    generate = (generate_lidc_like if config.kind == "lidc_like" else
-                generate_cityscapes_like)
+    generate = {"lidc_like": generate_lidc_like,
+                "cityscapes_like": generate_cityscapes_like,
+                "multiscale": generate_multiscale}[config.kind]
     for index in range(num_examples):
       rng = example_rng(config.seed, split, index)
       example = generate(rng, config.image_size)

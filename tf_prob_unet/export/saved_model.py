@@ -35,7 +35,7 @@ def _export():
   path = export_lib.export_saved_model(FLAGS.model_dir, FLAGS.export_dir, FLAGS.model_name,
                                        FLAGS.version, FLAGS.overwrite)
   print(f"Exported {FLAGS.model_dir} to {path} (signatures: "
-        f"{', '.join(export_lib.SIGNATURES)}, serving_default = sample).")
+        f"{', '.join(export_lib.read_info(path)['signatures'])}, serving_default = sample).")
 
 
 def main():

@@ -6,6 +6,8 @@ from tf_prob_unet.layers.unet import UNet
 from tf_prob_unet.layers.gaussian_head import AxisAlignedConvGaussian
 from tf_prob_unet.layers.fcomb import FComb
 from tf_prob_unet.layers.segmentation_heads import SegmentationHeads
+from tf_prob_unet.layers.res_block import ResBlock
+from tf_prob_unet.layers.hierarchical_core import HierarchicalCore, StitchingDecoder
 
 __all__ = ["ConvBlock", "Encoder", "UNet", "AxisAlignedConvGaussian", "FComb",
-           "SegmentationHeads"]
+           "SegmentationHeads", "ResBlock", "HierarchicalCore", "StitchingDecoder"]

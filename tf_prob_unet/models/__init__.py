@@ -4,6 +4,7 @@ import inspect
 
 from tf_prob_unet.models.common import SegmentationModel
 from tf_prob_unet.models.dropout_unet import DropoutUNet
+from tf_prob_unet.models.hprob_unet import HierarchicalProbUNet
 from tf_prob_unet.models.image2image_vae import Image2ImageVAE
 from tf_prob_unet.models.m_heads import MHeads
 from tf_prob_unet.models.prob_unet import ProbUNet
@@ -12,6 +13,7 @@ from tf_prob_unet.models.unet_ensemble import UNetEnsemble
 
 MODELS = {
     "prob_unet": ProbUNet,
+    "hprob_unet": HierarchicalProbUNet,
     "unet": DeterministicUNet,
     "dropout_unet": DropoutUNet,
     "unet_ensemble": UNetEnsemble,
@@ -27,8 +29,8 @@ def get_model_class(name):
   return MODELS[name]
 
 
-__all__ = ["MODELS", "DeterministicUNet", "DropoutUNet", "Image2ImageVAE", "MHeads", "ProbUNet",
-           "UNetEnsemble", "SegmentationModel", "get_model_class"]
+__all__ = ["MODELS", "DeterministicUNet", "DropoutUNet", "HierarchicalProbUNet", "Image2ImageVAE",
+           "MHeads", "ProbUNet", "UNetEnsemble", "SegmentationModel", "get_model_class"]
 
 
 def filter_kwargs(name, kwargs):
