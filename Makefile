@@ -34,10 +34,11 @@ test-fast: install
 # Every bench/ script, one after the other -> bench/results.json and bench/RESULTS.md. Run it on an
 # otherwise idle machine.
 bench: install allocators
-	$(PY) bench/run_all.py
+	TF_PROB_UNET_ALLOCATOR=auto $(PY) bench/run_all.py
 
-# Optional tuned allocators (Debian packages) that the binaries preload when present
-# (tf_prob_unet/allocator.py); skipped with a note where apt-get is not usable.
+# Optional tuned allocators (Debian packages); the binaries preload one only when
+# TF_PROB_UNET_ALLOCATOR asks for it (tf_prob_unet/runtime.py), the benchmarks do so explicitly.
+# Skipped with a note where apt-get is not usable.
 allocators:
 	@if ls /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib/*/libjemalloc.so.2 >/dev/null 2>&1; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
@@ -45,7 +46,7 @@ allocators:
 	else echo "note: no apt-get as root here; the binaries use glibc malloc"; fi
 
 # The Probabilistic U-Net against the baselines on the synthetic LIDC-like data, one budget
-# (README, "Baselines"); COMPARE_FLAGS passes options to bench/compare_models.py.
+# (docs/reproduction.md, "Baselines"); COMPARE_FLAGS passes options to bench/compare_models.py.
 COMPARE_FLAGS ?=
 compare: install
 	$(PY) bench/compare_models.py --output_dir=runs/compare $(COMPARE_FLAGS)

@@ -3,7 +3,7 @@
 Each script prints one JSON line; results.json maps the script's name to it, and RESULTS.md shows
 every figure with its configuration, target, the machine's core count, the allocator and the date.
 Scripts run one after the other (each wants the whole machine), each under the allocator chosen by
-`--allocator` (default: `TF_PROB_UNET_ALLOCATOR`, else `auto`, as the binaries do; see
+`--allocator` (default: `TF_PROB_UNET_ALLOCATOR`, else `auto`: the benchmarks opt in; see
 `tf_prob_unet/runtime.py`). `--compare_allocators` also reruns the scripts named there under
 every installed allocator and stores their target ratios under `allocator_comparison`.
 

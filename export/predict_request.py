@@ -1,44 +1,13 @@
-r"""Writes a TF Serving REST `:predict` request body for images: the example of BUILD.md.
-
-`python export/predict_request.py --image=a.png [--image=b.png] [--num_samples=16]
-[--signature=sample] [--channels=1] > request.json`, then
-`curl -d @request.json http://localhost:8501/v1/models/prob_unet:predict`.
-PNGs are converted to the model's channels as the sample binary does (`sample_lib.load_image`);
-`.npy` files of raw CT values are windowed likewise.
+"""`python export/predict_request.py [--flags]` in a checkout: the same as
+`python -m tf_prob_unet.export predict_request [--flags]`
+(see `tf_prob_unet/export/predict_request.py`).
 """
 
-import json
 import os
+import runpy
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Run as a script: the repository root, not export/, goes first on the path.
-sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-import numpy as np  # noqa: E402
-
-from tf_prob_unet import cli  # noqa: E402
-from tf_prob_unet import export_lib  # noqa: E402
-from tf_prob_unet import sample_lib  # noqa: E402
-
-flags.DEFINE_list("image", [], "Image files (same size): PNG, or .npy of raw CT values.")
-flags.DEFINE_integer("num_samples", 16, "Samples per image (sample / uncertainty signatures).")
-flags.DEFINE_enum("signature", "sample", ["sample", "uncertainty", "predict_mean"],
-                  "Signature to call.")
-flags.DEFINE_integer("channels", 1, "The model's input channels.")
-FLAGS = flags.FLAGS
-
-
-def _request():
-  if not FLAGS.image:
-    raise ValueError("--image: expected at least one image file, found none.")
-  inputs = {"images": np.stack([sample_lib.load_image(p, FLAGS.channels) for p in FLAGS.image])}
-  if FLAGS.signature != "predict_mean":
-    inputs["num_samples"] = FLAGS.num_samples
-  json.dump(export_lib.predict_request(FLAGS.signature, **inputs), sys.stdout)
-
-
 if __name__ == "__main__":
-  app.run(cli.main_with_errors(_request))
+  # Run as a script from a checkout: its root, not export/, goes first on the path.
+  sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  runpy.run_module("tf_prob_unet.export.predict_request", run_name="__main__", alter_sys=True)

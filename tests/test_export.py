@@ -254,7 +254,7 @@ def test_rest_predict_request_and_saved_model_cli(tiny_export, tmp_path):
   raw, x = uint8_images(batch=1)
   noise = np.random.default_rng(2).standard_normal((1, 3, model.latent_dim)).astype(np.float32)
   ref = _keras_noise_outputs(model, x, noise)
-  # The REST body of BUILD.md (columnar "inputs") and its row-format twin.
+  # The REST body of docs/export.md (columnar "inputs") and its row-format twin.
   request = export_lib.predict_request("sample_with_noise", images=raw, noise=noise)
   rows = {"signature_name": "sample_with_noise",
           "instances": [{"images": raw[0].tolist(), "noise": noise[0].tolist()}]}

@@ -50,6 +50,15 @@ def test_maybe_reexec_preloads_once(monkeypatch):
   assert len(calls) == 1
 
 
+def test_no_reexec_unless_asked():
+  """The preload is opt-in: without TF_PROB_UNET_ALLOCATOR nothing re-executes."""
+  calls = []
+  assert runtime.maybe_reexec({}, execv=lambda *args: calls.append(args)) == "system"
+  assert runtime.maybe_reexec({"TF_PROB_UNET_ALLOCATOR": "system"},
+                              execv=lambda *args: calls.append(args)) == "system"
+  assert not calls
+
+
 def test_binary_runs_with_the_chosen_allocator_mapped():
   """A real re-execution: the library the resolver picks ends up mapped into the process."""
   name, path = runtime.resolve("auto")

@@ -5,7 +5,6 @@ side by side in one report.
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -13,11 +12,12 @@ from tf_prob_unet import runtime  # noqa: E402  (imports no TensorFlow)
 
 if __name__ == "__main__":
   runtime.prepare_process()  # oneDNN on, tcmalloc/jemalloc preloaded, before TensorFlow loads
+  runtime.import_tensorflow_quietly()  # without its start-up notices
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 
+from tf_prob_unet import cli  # noqa: E402
 from tf_prob_unet import evaluate_lib  # noqa: E402
 
 flags.DEFINE_list("model_dir", [], "Training run directories (comma-separated).")
@@ -31,25 +31,18 @@ flags.DEFINE_integer("seed", 0, "Seed of the latent draws.")
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
+def _evaluate():
   try:
-    try:
-      counts = tuple(int(n) for n in FLAGS.num_samples)
-    except ValueError:
-      raise ValueError(f"--num_samples: expected comma-separated integers, found "
-                       f"{','.join(FLAGS.num_samples)!r}.") from None
-    config = evaluate_lib.EvalConfig(
-        model_dir=tuple(FLAGS.model_dir), output_dir=FLAGS.output_dir, num_samples=counts,
-        split=FLAGS.split, data_dir=FLAGS.data_dir, batch_size=FLAGS.batch_size,
-        limit=FLAGS.limit, seed=FLAGS.seed)
-    evaluate_lib.run(config)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    counts = tuple(int(n) for n in FLAGS.num_samples)
+  except ValueError:
+    raise ValueError(f"--num_samples: expected comma-separated integers, found "
+                     f"{','.join(FLAGS.num_samples)!r}.") from None
+  config = evaluate_lib.EvalConfig(
+      model_dir=tuple(FLAGS.model_dir), output_dir=FLAGS.output_dir, num_samples=counts,
+      split=FLAGS.split, data_dir=FLAGS.data_dir, batch_size=FLAGS.batch_size,
+      limit=FLAGS.limit, seed=FLAGS.seed)
+  evaluate_lib.run(config)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.main_with_errors(_evaluate))

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -45,16 +46,10 @@ class EvalConfig:
                        f"{list(self.num_samples)}.")
 
 
-def _progress(done, total, start, stream=sys.stderr):
-  width = 30
-  frac = done / max(total, 1)
-  elapsed = time.time() - start
-  eta = elapsed / max(frac, 1e-9) - elapsed
-  stream.write(f"\r  [{'#' * int(width * frac):<{width}}] {done}/{total} images "
-               f"{elapsed:5.1f}s elapsed, ETA {eta:5.1f}s")
-  if done >= total:
-    stream.write("\n")
-  stream.flush()
+def progress_bar(total, unit="image"):
+  """A `keras.utils.Progbar` over `total` items: redrawn in place on a terminal, one line at the
+  end otherwise (logs)."""
+  return keras.utils.Progbar(total, verbose=1 if sys.stdout.isatty() else 2, unit_name=unit)
 
 
 def draw_samples(model, builder, spec, split, num_samples, batch_size, limit=0, seed=0):
@@ -73,7 +68,7 @@ def draw_samples(model, builder, spec, split, num_samples, batch_size, limit=0, 
   sample_fn = tf.function(lambda x, s: model.sample(x, num_samples, seed=s))
   mean_fn = tf.function(lambda x: tf.argmax(model(x, training=False), -1, output_type=tf.int32))
   out = {}
-  start = time.time()
+  bar = progress_bar(total)
   done = 0
   timed, timed_samples = 0.0, 0
   for i, batch in enumerate(ds):
@@ -90,7 +85,7 @@ def draw_samples(model, builder, spec, split, num_samples, batch_size, limit=0, 
     for key, value in parts.items():
       out.setdefault(key, []).append(value)
     done += len(parts["samples"])
-    _progress(done, total, start)
+    bar.update(done)
     first = batch["image"]
   if not timed_samples:
     t0 = time.perf_counter()

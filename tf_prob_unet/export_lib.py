@@ -48,6 +48,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_prob_unet import checkpointing
+from tf_prob_unet import extras
 from tf_prob_unet import run_dir
 from tf_prob_unet.models import HierarchicalProbUNet, ProbUNet
 
@@ -604,7 +605,7 @@ class TFLiteRunner:
   """
 
   def __init__(self, path, num_threads=None):
-    from ai_edge_litert import interpreter as litert  # pylint: disable=g-import-not-at-top
+    litert = extras.require("ai_edge_litert.interpreter", "tflite", "running .tflite models")
     self.path = path
     self.interpreter = litert.Interpreter(model_path=path, num_threads=num_threads)
     self.runner = self.interpreter.get_signature_runner()

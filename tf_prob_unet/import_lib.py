@@ -21,11 +21,8 @@ _NAME_RE = re.compile(r"[a-z][a-z0-9_]*\Z")
 
 
 def builder_module():
-  """The `user_data` builder module (installed package, else this checkout's `datasets/`)."""
-  try:
-    return importlib.import_module("tf_prob_unet_datasets.user_data.user_data_dataset_builder")
-  except ModuleNotFoundError:
-    return input_pipeline._local_builder_module("user_data")  # pylint: disable=protected-access
+  """The `user_data` builder module (of the installed `tf_prob_unet_datasets`)."""
+  return input_pipeline._local_builder_module("user_data")  # pylint: disable=protected-access
 
 
 def lib_module():
@@ -53,8 +50,8 @@ def _check_name(name):
   if not _NAME_RE.match(name or ""):
     raise ValueError(f"--name: expected a snake_case name (a-z, 0-9, _; starting with a "
                      f"letter), found {name!r}.")
-  local = os.path.join(input_pipeline.REPO_DATASETS_DIR, name)
-  if name == "user_data" or os.path.isdir(local) or name in tfds.list_builders():
+  if (name == "user_data" or name in input_pipeline.builder_names()
+      or name in tfds.list_builders()):
     raise ValueError(f"--name: expected a name that no builder uses, found {name!r} (a "
                      f"built-in dataset).")
 

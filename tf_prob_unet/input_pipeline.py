@@ -9,12 +9,15 @@ Two kinds of ambiguous dataset are supported, recognised from their features:
   2^F mode label maps with their exact probabilities. A `cue` feature (a black-box label map) is
   one-hot encoded and concatenated to the image channels.
 
-Builders in this repository's `datasets/<name>/` folder are imported by file path (never as a
-top-level module called `datasets`); any other name goes to the TFDS registry.
+The builders of this project (`datasets/<name>/` in the repository) are installed as the package
+`tf_prob_unet_datasets` and imported by name (never as a top-level module called `datasets`);
+`TF_PROB_UNET_DATASETS_DIR` points at another folder of builders instead. Any other name goes
+to the TFDS registry.
 """
 
 import contextlib
 import dataclasses
+import importlib
 import importlib.machinery
 import importlib.util
 import itertools
@@ -29,8 +32,7 @@ import tensorflow_datasets as tfds
 
 from tf_prob_unet import augment as augmentation
 
-REPO_DATASETS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                 "datasets")
+DATASETS_PACKAGE = "tf_prob_unet_datasets"
 DATASETS_DIR_ENV = "TF_PROB_UNET_DATASETS_DIR"
 VOID = 255
 
@@ -48,27 +50,56 @@ def _ensure_package(name, path):
   return sys.modules[name]
 
 
-def _local_builder_module(name):
-  """Imports `datasets/<name>/<name>_dataset_builder.py`, or returns None if there is none.
+def _builders_dirs():
+  """The folders holding builder folders: `$TF_PROB_UNET_DATASETS_DIR`, or the installed
+  `tf_prob_unet_datasets` package's."""
+  root = os.environ.get(DATASETS_DIR_ENV)
+  if root:
+    return [root]
+  return list(importlib.import_module(DATASETS_PACKAGE).__path__)
 
-  The module is loaded as `tf_prob_unet_datasets.<name>.<name>_dataset_builder` (a package name
-  of our own, so TFDS can find the builder's resources and nothing shadows the Hugging Face
-  `datasets` package).
+
+def builder_names():
+  """The names of this package's builders (or of `$TF_PROB_UNET_DATASETS_DIR`'s), sorted."""
+  return sorted({d for root in _builders_dirs() for d in os.listdir(root)
+                 if os.path.exists(os.path.join(root, d, f"{d}_dataset_builder.py"))})
+
+
+def _local_builder_module(name):
+  """Imports the builder `tf_prob_unet_datasets.<name>.<name>_dataset_builder`, or returns None
+  if there is none.
+
+  The builders come from the installed package `tf_prob_unet_datasets` (so TFDS can find their
+  resources and nothing shadows the Hugging Face `datasets` package), or, with
+  `$TF_PROB_UNET_DATASETS_DIR` set, from that folder's `<name>/<name>_dataset_builder.py`, loaded
+  under the same package name.
   """
-  root = os.environ.get(DATASETS_DIR_ENV, REPO_DATASETS_DIR)
-  folder = os.path.join(root, name)
-  path = os.path.join(folder, f"{name}_dataset_builder.py")
-  if not os.path.exists(path):
-    return None
-  package = f"tf_prob_unet_datasets.{name}"
+  package = f"{DATASETS_PACKAGE}.{name}"
   module_name = f"{package}.{name}_dataset_builder"
   if module_name in sys.modules:
     return sys.modules[module_name]
+  root = os.environ.get(DATASETS_DIR_ENV)
+  if root:
+    folder = os.path.join(root, name)
+    path = os.path.join(folder, f"{name}_dataset_builder.py")
+    if not os.path.exists(path):
+      return None
+  else:
+    try:
+      if not re.fullmatch(r"\w+", name) or importlib.util.find_spec(package) is None:
+        return None
+    except ModuleNotFoundError:  # no tf_prob_unet_datasets installed
+      return None
   try:  # Already imported under another name (e.g. by its own test): TFDS registers a name once.
     return sys.modules[tfds.builder_cls(name).__module__]
   except (tfds.core.registered.DatasetNotFoundError, KeyError):
     pass
-  _ensure_package("tf_prob_unet_datasets", root)
+  if not root:
+    return importlib.import_module(module_name)
+  try:  # the parent package stays the installed one (its builders stay importable)
+    importlib.import_module(DATASETS_PACKAGE)
+  except ModuleNotFoundError:
+    _ensure_package(DATASETS_PACKAGE, root)
   _ensure_package(package, folder)
   spec = importlib.util.spec_from_file_location(module_name, path)
   module = importlib.util.module_from_spec(spec)
@@ -95,10 +126,9 @@ def get_builder(dataset, data_dir=None, prepare=True):
   imported = os.path.isdir(os.path.join(os.path.expanduser(
       data_dir or tfds.core.constants.DATA_DIR), name))
   if module is None and not imported and name not in tfds.list_builders():
-    local = sorted(d for d in os.listdir(REPO_DATASETS_DIR)
-                   if os.path.isdir(os.path.join(REPO_DATASETS_DIR, d)))
+    local = builder_names()
     raise ValueError(f"--dataset: no builder named {name!r} and no prepared dataset "
-                     f"{name!r} in {data_dir or tfds.core.constants.DATA_DIR}; this repository "
+                     f"{name!r} in {data_dir or tfds.core.constants.DATA_DIR}; this package "
                      f"has {local} (or any TFDS dataset name, or a name imported with "
                      f"import_data).")
   try:
@@ -164,7 +194,7 @@ def dataset_spec(builder):
 
 def _feature_error(builder, key, expected, feature):
   return ValueError(f"--dataset: {builder.info.full_name} feature {key!r}: expected {expected}, "
-                    f"found {tf.as_dtype(feature.dtype).name} of shape {tuple(feature.shape)}.")
+                    f"found {feature.tf_dtype.name} of shape {tuple(feature.shape)}.")
 
 
 def check_features(builder):
@@ -181,7 +211,7 @@ def check_features(builder):
     raise ValueError(f"--dataset: {builder.info.full_name} has no `image` feature; found "
                      f"{sorted(features.keys())}.")
   image = features["image"]
-  if len(image.shape) != 3 or tf.as_dtype(image.dtype) != tf.uint8 or image.shape[-1] == 0:
+  if len(image.shape) != 3 or image.tf_dtype != tf.uint8 or image.shape[-1] == 0:
     raise _feature_error(builder, "image", "uint8 [H, W, C]", image)
   expected = {"masks": 3, "modes": 3, "label": 2, "cue": 2}
   for key, rank in expected.items():
@@ -190,7 +220,7 @@ def check_features(builder):
     feature = features[key]
     shape = tuple(feature.shape)
     dims = "[R, H, W]" if rank == 3 else "[H, W]"
-    if (len(shape) != rank or not tf.as_dtype(feature.dtype).is_integer
+    if (len(shape) != rank or not feature.tf_dtype.is_integer
         or any(a is not None and b is not None and a != b
                for a, b in zip(shape[-2:], image.shape[:2]))):
       raise _feature_error(builder, key, f"integer {dims} matching image {tuple(image.shape)}",

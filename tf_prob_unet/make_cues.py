@@ -13,6 +13,7 @@ from tf_prob_unet import runtime  # noqa: E402  (imports no TensorFlow)
 
 if __name__ == "__main__":
   runtime.prepare_process()  # oneDNN on, tcmalloc/jemalloc preloaded, before TensorFlow loads
+  runtime.import_tensorflow_quietly()  # without its start-up notices
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402

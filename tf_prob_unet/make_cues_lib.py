@@ -16,8 +16,8 @@ import dataclasses
 import io
 import os
 import sys
-import time
 
+import keras
 import numpy as np
 from PIL import Image
 import tensorflow as tf
@@ -92,7 +92,9 @@ def run(config, log=print):
   for split in config.splits:
     ds = builder.as_dataset(split=split, shuffle_files=False).map(
         lambda ex: (input_pipeline.model_inputs(ex, spec), ex["id"]))
-    total, count, start = builder.info.splits[split].num_examples, 0, time.time()
+    total, count = builder.info.splits[split].num_examples, 0
+    # Redrawn in place on a terminal, one line at the end in a log.
+    bar = keras.utils.Progbar(total, verbose=1 if sys.stdout.isatty() else 2, unit_name="image")
     for images, ids in ds.batch(config.batch_size).prefetch(1):
       for label, frame_id in zip(predict(images).numpy().astype(np.uint8), ids.numpy()):
         frame_id = frame_id.decode()
@@ -100,8 +102,7 @@ def run(config, log=print):
         run_dir.atomic_write(
             os.path.join(config.output_dir, split, city, frame_id + CUE_SUFFIX), _png(label))
         count += 1
-      sys.stderr.write(f"\r  {split}: {count}/{total} images, {time.time() - start:.0f}s")
-    sys.stderr.write("\n")
+      bar.update(count)
     written[split] = count
   log(f"Wrote {sum(written.values())} cues ({', '.join(f'{k} {v}' for k, v in written.items())}) "
       f"to {config.output_dir}")

@@ -1,6 +1,7 @@
 """Figures written next to the numbers: sample grids, GED distributions, mode frequencies.
 
-Every function takes NumPy arrays and a path, writes a PNG atomically and returns the path.
+Every function takes NumPy arrays and a path, writes a PNG atomically and returns the path
+(`sample_grid_image` returns the grid as an array instead, for TensorBoard).
 """
 
 import os
@@ -33,16 +34,37 @@ MAX_REFERENCES = 8  # references shown per row of a sample grid
 
 def sample_grid(path, images, references, samples, num_classes=2, reference_titles=None,
                 max_images=6, max_samples=8, max_references=MAX_REFERENCES):
-  """Fig. 3 style: per row an image, its references and model samples.
+  """Fig. 3 style: per row an image, its references and model samples, as a PNG at `path`.
+
+  Arguments after `path` as `sample_grid_figure`.
+  """
+  return _save(sample_grid_figure(images, references, samples, num_classes, reference_titles,
+                                  max_images, max_samples, max_references), path)
+
+
+def sample_grid_image(images, references, samples, num_classes=2, **kwargs):
+  """The `sample_grid` figure as a `[1, H, W, 4]` uint8 RGBA array (for `tf.summary.image`)."""
+  fig = sample_grid_figure(images, references, samples, num_classes, **kwargs)
+  fig.canvas.draw()
+  image = np.asarray(fig.canvas.buffer_rgba()).copy()
+  plt.close(fig)
+  return image[np.newaxis]
+
+
+def sample_grid_figure(images, references, samples, num_classes=2, reference_titles=None,
+                       max_images=6, max_samples=8, max_references=MAX_REFERENCES):
+  """The matplotlib figure of `sample_grid`: per row an image, its references and samples.
 
   Args:
-    path: output PNG.
     images: `[B, H, W, C]` float in [0, 1] (channel 0, or RGB if C >= 3, is shown).
     references: `[B, R, H, W]` int label maps.
     samples: `[B, S, H, W]` int label maps.
     num_classes: for the colour map.
     reference_titles: optional `[B][R]` titles (e.g. mode probabilities).
     max_images, max_samples, max_references: the first ones shown.
+
+  Returns:
+    The figure (close it with `plt.close`).
   """
   b = min(len(images), max_images)
   r = min(references.shape[1], max_references)
@@ -68,7 +90,7 @@ def sample_grid(path, images, references, samples, num_classes=2, reference_titl
   axes[0, 0].set_title("image", fontsize=7)
   if s:
     axes[0, 1 + r].set_title("samples ->", fontsize=7)
-  return _save(fig, path)
+  return fig
 
 
 def ged_distribution(path, per_image_ged, labels=None):

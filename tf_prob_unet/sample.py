@@ -9,6 +9,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tf_prob_unet import runtime  # noqa: E402  (imports no TensorFlow)
+
+if __name__ == "__main__":
+  runtime.import_tensorflow_quietly()  # without its start-up notices
+
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 

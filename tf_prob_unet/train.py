@@ -18,12 +18,13 @@ from tf_prob_unet import runtime  # noqa: E402  (imports no TensorFlow)
 
 if __name__ == "__main__":
   runtime.prepare_process()  # oneDNN on, tcmalloc/jemalloc preloaded, before TensorFlow loads
+  runtime.import_tensorflow_quietly()  # without its start-up notices
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 
 from tf_prob_unet import checkpointing  # noqa: E402
+from tf_prob_unet import cli  # noqa: E402
 from tf_prob_unet import train_lib  # noqa: E402
 
 _D = train_lib.TrainConfig()
@@ -36,6 +37,8 @@ _HELP = {
     "train_steps": "Total optimizer steps.",
     "batch_size": "Global batch size (split over replicas).",
     "strategy": "default | mirrored | multi_worker_mirrored.",
+    "dtype_policy": "Keras dtype policy: float32 | mixed_float16 (GPUs) | mixed_bfloat16 (TPUs, "
+                    "recent CPUs/GPUs); distributions, KL and losses stay float32.",
     "seed": "Seed of initialisation, data order and latent draws.",
     "channels": "Channels per U-Net level, e.g. 32,64,128,192.",
     "convs_per_block": "3x3 convolutions per block.",
@@ -128,27 +131,17 @@ def config_from_flags(flag_values):
   return train_lib.TrainConfig(**values)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
-  try:
-    config = config_from_flags(FLAGS)
-    stop = checkpointing.StopRequest()
-    with stop.installed():
-      result = train_lib.run(config, stop=stop)
-  except (ValueError, FloatingPointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(checkpointing.EXIT_BAD_INPUT)
-  except checkpointing.WriteError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(checkpointing.EXIT_WRITE_FAILED)
+def _train():
+  config = config_from_flags(FLAGS)
+  stop = checkpointing.StopRequest()
+  with stop.installed():
+    result = train_lib.run(config, stop=stop)
   if result["preempted"]:
     sys.exit(checkpointing.EXIT_PREEMPTED)
 
 
 def run_main():
-  app.run(main)
+  app.run(cli.main_with_errors(_train))
 
 
 if __name__ == "__main__":

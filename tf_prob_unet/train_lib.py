@@ -16,15 +16,18 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
+from tqdm import tqdm
 
 from tf_prob_unet import checkpointing
 from tf_prob_unet import runtime
 from tf_prob_unet import input_pipeline
 from tf_prob_unet import models
 from tf_prob_unet import objectives
+from tf_prob_unet import plots
 from tf_prob_unet import run_dir
 
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
+DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclasses.dataclass
@@ -37,6 +40,7 @@ class TrainConfig:
   train_steps: int = 1000
   batch_size: int = 16
   strategy: str = "default"
+  dtype_policy: str = "float32"
   seed: int = 0
   # Architecture.
   channels: tuple = (32, 64, 128, 192)
@@ -88,6 +92,9 @@ class TrainConfig:
     """Raises ValueError naming the first bad field, what was expected and what was found."""
     if self.strategy not in STRATEGIES:
       raise ValueError(f"--strategy: expected one of {STRATEGIES}, found {self.strategy!r}.")
+    if self.dtype_policy not in DTYPE_POLICIES:
+      raise ValueError(f"--dtype_policy: expected one of {DTYPE_POLICIES}, found "
+                       f"{self.dtype_policy!r}.")
     models.get_model_class(self.model)
     if self.objective not in objectives.OBJECTIVES:
       raise ValueError(f"--objective: expected one of {objectives.OBJECTIVES}, found "
@@ -185,7 +192,7 @@ def make_strategy(name):
   """The `tf.distribute` strategy called `name` (one of `STRATEGIES`).
 
   `multi_worker_mirrored` reads the cluster from the `TF_CONFIG` environment variable (see
-  BUILD.md); without it, it is a single worker.
+  docs/training.md); without it, it is a single worker.
   """
   if name == "mirrored":
     return tf.distribute.MirroredStrategy()
@@ -276,25 +283,6 @@ def objective_spec(config):
       "top_k_percentage": config.top_k_percentage})
 
 
-def _sample_grid(images, references, samples):
-  """A `[1, B*H, (1+R+M)*W, 1]` grid: image channel 0, references, samples (one row per image)."""
-  rows = []
-  for b in range(images.shape[0]):
-    tiles = [images[b, :, :, :1]]
-    tiles += [tf.cast(r, tf.float32)[..., None] for r in references[b]]
-    tiles += [tf.cast(s, tf.float32)[..., None] for s in samples[b]]
-    rows.append(tf.concat(tiles, axis=1))
-  grid = tf.concat(rows, axis=0)
-  grid = grid / tf.maximum(tf.reduce_max(grid), 1.0)
-  return grid[tf.newaxis]
-
-
-def _format_eta(seconds):
-  seconds = int(max(seconds, 0))
-  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s" if seconds >= 3600 \
-      else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 def _check_resume(config, record):
   """A run in `model_dir` resumes only with the same model and input shape."""
   path = os.path.join(config.model_dir, run_dir.MODEL_CONFIG_FILE)
@@ -381,6 +369,9 @@ def run(config, log=print, stop=None):
   chief = is_chief(strategy)
   # Non-chief workers save too (all workers take part in saving), but to a scratch directory.
   write_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="tf_prob_unet_worker_")
+  # Keras' dtype policy is process-global: set for this run's model only, restored after it.
+  previous_policy = keras.mixed_precision.global_policy()
+  keras.mixed_precision.set_global_policy(config.dtype_policy)
   try:
     if chief:
       os.makedirs(config.model_dir, exist_ok=True)
@@ -399,6 +390,7 @@ def run(config, log=print, stop=None):
     return _train(config, strategy, builder, spec, kwargs, train_ds, contexts[0], start,
                   num_examples, val_ds, grid_batch, write_dir, chief, stop, log)
   finally:
+    keras.mixed_precision.set_global_policy(previous_policy)
     if not chief:
       shutil.rmtree(write_dir, ignore_errors=True)
 
@@ -487,7 +479,7 @@ def _train(config, strategy, builder, spec, kwargs, train_ds, input_context, sta
           rate = (current - last_step) / max(now - last_t, 1e-9)
           last_t, last_step = now, current
           log(f"step {current}/{config.train_steps} | {rate:.2f} steps/s | ETA "
-              f"{_format_eta((config.train_steps - current) / max(rate, 1e-9))} | "
+              f"{tqdm.format_interval((config.train_steps - current) / max(rate, 1e-9))} | "
               + " ".join(f"{k} {v:.4g}" for k, v in logs.items()))
       if chief and not stopping and (current % config.eval_every == 0 or last):
         _evaluate_and_summarise(model, val_ds, grid_batch, writers["validation"], current,
@@ -522,6 +514,7 @@ def _evaluate_and_summarise(model, val_ds, grid_batch, writer, step, seed, log):
   with writer.as_default(step=step):
     for name, value in logs.items():
       tf.summary.scalar(name, value)
-    tf.summary.image("samples", _sample_grid(grid_batch["image"], grid_batch["references"][:, :4],
-                                             samples))
+    tf.summary.image("samples", plots.sample_grid_image(
+        grid_batch["image"].numpy(), grid_batch["references"][:, :4].numpy(), samples.numpy(),
+        model.num_classes))
   log(f"validation at step {step}: " + " ".join(f"{k} {v:.4g}" for k, v in logs.items()))

@@ -40,6 +40,8 @@ import xml.etree.ElementTree as ElementTree
 import numpy as np
 from scipy import ndimage
 
+from tf_prob_unet import extras
+
 from . import lidc_common
 
 LidcError = lidc_common.LidcError
@@ -836,7 +838,9 @@ def split_generators(manual_dir, counts_dir=None, options=None):
   Returns:
     dict split -> `beam.PTransform` producing (key, example).
   """
-  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  # Checked here, on the driver (the Beam workers' steps must not need tf_prob_unet).
+  beam = extras.require("apache_beam", "dicom", "the lidc/raw config")
+  extras.require("pydicom", "dicom", "the lidc/raw config")
   options = options or RawOptions()
   _pickle_by_value()
   by_split = collections.defaultdict(list)

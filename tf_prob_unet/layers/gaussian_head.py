@@ -65,7 +65,7 @@ class AxisAlignedConvGaussian(keras.layers.Layer):
     """Returns `(mu, log_sigma)`, each `[B, N]`, log-sigma already bounded."""
     features = self.encoder(inputs, training=training)[-1]
     pooled = tf.reduce_mean(features, axis=[1, 2])
-    out = self.head(pooled)
+    out = tf.cast(self.head(pooled), tf.float32)  # the distribution is float32 under any policy
     mu, raw = out[:, :self.latent_dim], out[:, self.latent_dim:]
     return mu, bound_log_sigma(raw, self.log_sigma_bound)
 

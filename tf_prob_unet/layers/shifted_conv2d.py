@@ -8,7 +8,7 @@ from tf_prob_unet import native
 
 # Below this many input or output channels the tap matmuls are too thin to beat TensorFlow's
 # kernel, and below this many output channels the native op is too (measured per layer on this
-# CPU; BUILD.md). Thin inputs with wide outputs (first layers) use the native op.
+# CPU; docs/benchmarks.md). Thin inputs with wide outputs (first layers) use the native op.
 MIN_CHANNELS = 32
 # Rows of (input + output-gradient) floats per chunk (4 MB): one chunk stays in the last-level
 # cache while its kh * kw tap matmuls read it, instead of streaming the batch from memory per tap.
@@ -28,7 +28,7 @@ def kernel_gradient_by_offsets(inputs, grad_outputs, kernel_size):
   tensors (no shifted or im2col copies), and the rows are processed in chunks of about
   `CHUNK_ELEMENTS` floats so that each chunk is read from memory once for all `kh * kw` taps.
   Same products as `Conv2DBackpropFilter`, summed in another order; 1.3-2.6x faster than it for
-  the U-Net's layers with at least `MIN_CHANNELS` channels on this CPU (BUILD.md).
+  the U-Net's layers with at least `MIN_CHANNELS` channels on this CPU (docs/benchmarks.md).
 
   Args:
     inputs: `[B, H, W, C_in]`.
@@ -70,7 +70,7 @@ def input_gradient(grad_outputs, kernel):
   It is itself a stride-1 SAME convolution of the output gradient, with the kernel flipped in
   both spatial axes and its channel axes swapped (the padding is symmetric for odd kernels). Run
   as a forward convolution it is 1.3-2.2x faster than `Conv2DBackpropInput` for most of the
-  U-Net's layers on this CPU (oneDNN; BUILD.md), with the same products summed in another order.
+  U-Net's layers on this CPU (oneDNN; docs/benchmarks.md), with the same products summed in another order.
 
   Args:
     grad_outputs: `[B, H, W, C_out]`.
@@ -131,13 +131,16 @@ class ShiftedConv2D(keras.layers.Conv2D):
   (`input_gradient`), the kernel and bias gradients by the native op `ProbUnetConvKernelGrad`
   (`tf_prob_unet/native`, on CPU where it builds) or else by `kernel_gradient_by_offsets` and a
   sum. This happens only in training calls (`training=True`), so inference and exported graphs
-  hold a plain Conv2D. Other settings (strides, dilation, VALID padding, even
+  hold a plain Conv2D. So do a visible GPU and any dtype but float32 (mixed policies): there the
+  layer is Keras' Conv2D with TensorFlow's gradients, training included. Other settings (strides, dilation, VALID padding, even
   kernels, channels_first, fewer than `MIN_CHANNELS` output channels, or fewer than
   `MIN_CHANNELS` input channels without the native op) use Keras' own convolution.
   """
 
   def _uses_shifts(self, inputs):
-    return (self.padding == "same" and tuple(self.strides) == (1, 1)
+    # Only where it was measured to help: a CPU (no GPU visible) in float32 (`native.applies`);
+    # on a GPU or under a mixed policy the layer is a stock Conv2D with cuDNN's/TF's gradients.
+    return (native.applies(tf.as_dtype(inputs.dtype)) and self.padding == "same" and tuple(self.strides) == (1, 1)
             and tuple(self.dilation_rate) == (1, 1) and self.data_format == "channels_last"
             and all(k % 2 == 1 for k in self.kernel_size) and self.groups == 1
             and inputs.shape[-1] is not None and self.filters >= MIN_CHANNELS

@@ -15,11 +15,10 @@ def resize_bilinear(x, size, mode):
   `align_corners` is the reference's TF1 behaviour (corner pixels aligned, no half-pixel
   offset); `half_pixel` is TF2's `tf.image.resize` default.
   """
-  if mode == "align_corners":
-    return tf.raw_ops.ResizeBilinear(images=x, size=size, align_corners=True,
-                                     half_pixel_centers=False)
-  return tf.raw_ops.ResizeBilinear(images=x, size=size, align_corners=False,
-                                   half_pixel_centers=True)
+  align = mode == "align_corners"
+  resized = tf.raw_ops.ResizeBilinear(images=x, size=size, align_corners=align,
+                                      half_pixel_centers=not align)
+  return tf.cast(resized, x.dtype)  # float32 out whatever comes in; a no-op for float32
 
 
 @keras.saving.register_keras_serializable(package="tf_prob_unet")

@@ -11,7 +11,7 @@ Modules: `distance` (validation and the `1 - IoU` distance core, `iou_distance_m
 name is re-exported here, so
 `from tf_prob_unet import metrics; metrics.ged(...)` works.
 
-Conventions (the README points here):
+Conventions (docs/evaluation.md points here):
 
 Distance.
   `d(A, B) = 1 - IoU(A, B)`, computed per image between two label maps.

@@ -210,12 +210,20 @@ class SegmentationModel(keras.Model):
       terms = self.loss_terms(images, labels, seed, training=True)
       # Gradients are summed over replicas; each replica's loss is a mean over its own images.
       scaled = terms["loss"] / replicas
+      # Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer (identity otherwise).
+      scaled = self.optimizer.scale_loss(scaled)
     grads = tape.gradient(scaled, self.trainable_variables)
     self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
     if self.objective is not None:
       self.objective.commit(terms)
     self._update_trackers(terms)
-    return dict(terms, grad_norm=tf.linalg.global_norm(grads))
+    grad_norm = tf.linalg.global_norm(grads)
+    if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+      # Its overflowing steps are skipped (and the scale lowered), not failures: the norm of the
+      # unscaled gradients, 0 for a skipped step.
+      grad_norm = grad_norm / tf.cast(self.optimizer.dynamic_scale, grad_norm.dtype)
+      grad_norm = tf.where(tf.math.is_finite(grad_norm), grad_norm, tf.zeros_like(grad_norm))
+    return dict(terms, grad_norm=grad_norm)
 
   def train_step(self, data):
     self.train_step_terms(data)

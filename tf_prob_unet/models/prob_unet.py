@@ -92,7 +92,7 @@ class ProbUNet(common.SegmentationModel):
     """`[images, one_hot(labels) - 0.5]`, `[B, H, W, C + K]`; ignored pixels are -0.5 everywhere.
 
     The one-hot is aligned with the image pixel for pixel (the reference's NCHW reshape scrambles
-    it; see the README's deviations).
+    it; see docs/reproduction.md's deviations).
     """
     return tf.concat([images, common.centred_one_hot(labels, self.num_classes, images.dtype)],
                      axis=-1)

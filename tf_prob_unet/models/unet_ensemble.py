@@ -18,7 +18,7 @@ class UNetEnsemble(common.SegmentationModel):
   The gradient of a sum with respect to one member's variables is the gradient of that member's
   loss alone, and Adam keeps its moments per variable, so every member follows exactly the
   updates it would follow if trained on its own with the same batches; what the members share is
-  the order of the training batches (and the graders drawn for them). See the README.
+  the order of the training batches (and the graders drawn for them). See docs/reproduction.md.
 
   `sample(images, m)` returns members 0, ..., m - 1 in index order (m <= K; more is an error), so
   the first m members of a K-ensemble stand for an ensemble of m independently trained U-Nets.

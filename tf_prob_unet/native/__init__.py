@@ -8,7 +8,7 @@ Two custom ops, both CPU-only and float32 (`applies`):
 - `ProbUnetConvKernelGrad` (`conv_kernel_grad_op.cc`): the kernel and bias gradients of a
   stride-1 SAME convolution, used by `ShiftedConv2D` in training; deterministic (independent of
   the thread count).
-BUILD.md ("Native kernels") has the measurements.
+docs/benchmarks.md ("Native kernels") has the measurements.
 
 The kernels need an x86-64 CPU with AVX2 and FMA (`cpu_supported`, read from the CPU's feature
 flags before anything is built or loaded). Each library is compiled with the C++ compiler
@@ -154,8 +154,10 @@ def _load(source):
     try:
       return tf.load_op_library(build(source))
     except (RuntimeError, OSError, tf.errors.NotFoundError) as e:
-      logger.warning("%s\nTensorFlow ops are used instead (slower); set "
-                     "TF_PROB_UNET_NATIVE=0 to silence this.", e)
+      # One line; `python -m tf_prob_unet.native` shows the compiler's output.
+      logger.warning("%s; TensorFlow ops are used instead (slower). Details: python -m "
+                     "tf_prob_unet.native; TF_PROB_UNET_NATIVE=0 silences this.",
+                     str(e).splitlines()[0].rstrip(":"))
       return None
 
 

@@ -1,0 +1,176 @@
+"""The package as installed: flagfiles, builders found by import, the export entry point."""
+
+import configparser
+import glob
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from tf_prob_unet import flagfiles
+from tf_prob_unet import input_pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_flagfiles_lists_every_root_flagfile():
+  root = sorted(os.path.basename(p)[:-len(".flags")] for p in glob.glob(f"{REPO}/*.flags"))
+  assert flagfiles.names() == root
+  path = flagfiles.path("synthetic")
+  assert os.path.isabs(path) and open(path).read() == open(f"{REPO}/synthetic.flags").read()
+  assert flagfiles.path("synthetic.flags") == path
+  with pytest.raises(ValueError, match=r"expected one of .*synthetic.*found 'nope'"):
+    flagfiles.path("nope")
+
+
+def test_flagfiles_binary_from_another_directory(tmp_path):
+  env = dict(os.environ, PYTHONPATH=REPO)
+  run = subprocess.run([sys.executable, "-m", "tf_prob_unet.flagfiles", "lidc"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=60)
+  assert run.returncode == 0, run.stderr
+  assert run.stdout.strip() == flagfiles.path("lidc")
+  listing = subprocess.run([sys.executable, "-m", "tf_prob_unet.flagfiles"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=60)
+  assert listing.stdout.split() == [flagfiles.path(n) for n in flagfiles.names()]
+  bad = subprocess.run([sys.executable, "-m", "tf_prob_unet.flagfiles", "nope"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=60)
+  assert bad.returncode == 2 and bad.stderr.startswith("error: flagfile: expected one of")
+
+
+def test_builders_are_found_by_import():
+  spec = importlib.util.find_spec(
+      "tf_prob_unet_datasets.synthetic_ambiguous.synthetic_ambiguous_dataset_builder")
+  module = input_pipeline._local_builder_module(  # pylint: disable=protected-access
+      "synthetic_ambiguous")
+  # (A builder test may have loaded the same file under another name first: TFDS registers once.)
+  assert os.path.realpath(module.__file__) == os.path.realpath(spec.origin)
+  assert input_pipeline._local_builder_module("mnist") is None  # pylint: disable=protected-access
+  with pytest.raises(ValueError, match=r"no builder named 'nope'.*'synthetic_ambiguous'"):
+    input_pipeline.get_builder("nope/x")
+
+
+def test_export_entry_point_names_its_commands(tmp_path):
+  env = dict(os.environ, PYTHONPATH=REPO)
+  run = subprocess.run([sys.executable, "-m", "tf_prob_unet.export"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60)
+  assert run.returncode == 2
+  assert "saved_model,tflite,predict_request" in run.stderr and "found none" in run.stderr
+  missing = subprocess.run([sys.executable, "-m", "tf_prob_unet.export", "saved_model"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+  assert missing.returncode == 2
+  assert missing.stderr.strip().splitlines()[-1] == (
+      "error: --model_dir: expected a training run directory, found an empty string.")
+
+
+def test_missing_extra_is_one_line_naming_the_pip_install(monkeypatch, capsys):
+  from tf_prob_unet import cli, extras  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(sys.modules, "ai_edge_litert", None)  # as if not installed
+  monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+  with pytest.raises(extras.MissingExtraError, match=(
+      r"running \.tflite models needs ai_edge_litert, which is not installed: "
+      r"pip install 'tf_prob_unet\[tflite\]'")):
+    extras.require("ai_edge_litert.interpreter", "tflite", "running .tflite models")
+
+  def body():
+    extras.require("ai_edge_litert.interpreter", "tflite", "running .tflite models")
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main_with_errors(body)(["binary"])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == ["error: running .tflite models needs ai_edge_litert, which is not installed: "
+                 "pip install 'tf_prob_unet[tflite]'"]
+
+
+# --- The built wheel, installed alone into a fresh virtual environment ---------------------------
+
+def _copy_source(destination):
+  """The checkout's source tree (no .git, runs, build outputs) copied to `destination`."""
+  skip = shutil.ignore_patterns(".git", ".venv", "runs", "build", "*.egg-info", "__pycache__",
+                                ".pytest_cache")
+  shutil.copytree(REPO, destination, symlinks=True, ignore=skip)
+
+
+def _core_venv(wheel):
+  """A virtual environment (no system site-packages) holding `wheel` and its core dependencies.
+
+  Installing the TensorFlow stack takes minutes, so the environment with the dependencies is
+  kept between runs under the package's cache directory, keyed by the Python version and the
+  core requirements of setup.cfg: a changed requirement makes a new one, built from scratch by
+  pip. The wheel itself is reinstalled every time.
+  """
+  config = configparser.ConfigParser()
+  config.read(os.path.join(REPO, "setup.cfg"))
+  key = hashlib.sha256((sys.version + config["options"]["install_requires"]).encode())
+  root = os.environ.get("TF_PROB_UNET_CACHE", os.path.expanduser("~/.cache/tf_prob_unet"))
+  venv = os.path.join(root, f"test-core-venv-{key.hexdigest()[:16]}")
+  python = os.path.join(venv, "bin", "python")
+  if not os.path.exists(os.path.join(venv, "complete")):
+    shutil.rmtree(venv, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=300)
+    installed = subprocess.run([python, "-m", "pip", "install", "-q", wheel],
+                               capture_output=True, text=True, timeout=3600)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    open(os.path.join(venv, "complete"), "w").close()
+  else:
+    installed = subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps",
+                                "--force-reinstall", wheel],
+                               capture_output=True, text=True, timeout=600)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+  return venv
+
+
+@pytest.mark.slow
+def test_wheel_trains_evaluates_and_exports_outside_the_checkout(tmp_path):
+  """Builds the wheel, installs its core (no extras) into a virtual environment of its own, and
+  from a directory outside the checkout trains the synthetic demo a few steps with a packaged
+  flagfile, evaluates it and exports a SavedModel."""
+  source, wheels = tmp_path / "source", tmp_path / "wheels"
+  _copy_source(source)
+  built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                          "--no-build-isolation", "-w", str(wheels), str(source)],
+                         capture_output=True, text=True, timeout=600)
+  assert built.returncode == 0, built.stderr[-3000:]
+  (wheel,) = glob.glob(str(wheels / "tf_prob_unet-*.whl"))
+  names = zipfile.ZipFile(wheel).namelist()
+  for flagfile in glob.glob(f"{REPO}/*.flags"):
+    assert f"tf_prob_unet/flagfiles/{os.path.basename(flagfile)}" in names
+  assert ("tf_prob_unet_datasets/synthetic_ambiguous/synthetic_ambiguous_dataset_builder.py"
+          in names and "tf_prob_unet/export/saved_model.py" in names)
+  assert not any(n.startswith(("datasets/", "export/", "tests/", "bench/")) for n in names)
+
+  venv = _core_venv(wheel)
+  python = os.path.join(venv, "bin", "python")
+
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+  env.update(TF_CPP_MIN_LOG_LEVEL="2")  # (the native kernels: the user's usual build cache)
+
+  def run(*args):
+    proc = subprocess.run([python, *args], cwd=elsewhere, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, (args, proc.stderr[-3000:])
+    return proc
+
+  flagfile = run("-m", "tf_prob_unet.flagfiles", "synthetic").stdout.strip()
+  assert flagfile.startswith(venv) and flagfile.endswith("synthetic.flags")
+  assert not (elsewhere / "synthetic.flags").exists()
+  train = run("-m", "tf_prob_unet.train", f"--flagfile={flagfile}",
+              "--dataset=synthetic_ambiguous/lidc_like_tiny", "--channels=4,8",
+              "--convs_per_block=1", "--batch_size=4", "--train_steps=3", "--log_every=3",
+              "--eval_every=3", "--eval_batches=1", "--checkpoint_every=3",
+              "--summary_every=3", "--shuffle_buffer=16")
+  assert "step 3/3" in train.stdout
+  assert (elsewhere / "runs" / "demo" / "model" / "model_config.json").exists()
+  run("-m", "tf_prob_unet.evaluate", "--model_dir=runs/demo/model",
+      "--output_dir=runs/demo/eval", "--num_samples=1,2", "--limit=4", "--batch_size=4")
+  assert json.loads((elsewhere / "runs" / "demo" / "eval" / "metrics.json").read_text())
+  run("-m", "tf_prob_unet.export", "saved_model", "--model_dir=runs/demo/model",
+      "--export_dir=runs/export")
+  assert (elsewhere / "runs" / "export" / "prob_unet" / "1" / "saved_model.pb").exists()
