@@ -94,6 +94,7 @@ from tf_prob_unet.metrics.modes import assign_modes
 from tf_prob_unet.metrics.modes import mode_statistics
 from tf_prob_unet.metrics.modes import pixel_flip_rates
 from tf_prob_unet.metrics.ncc import s_ncc
+from tf_prob_unet.metrics.ncc import s_ncc_labels
 
 __all__ = [
     "iou_distance_matrix",
@@ -101,6 +102,7 @@ __all__ = [
     "hungarian_matched_iou",
     "sample_diversity",
     "s_ncc",
+    "s_ncc_labels",
     "assign_modes",
     "mode_statistics",
     "ideal_geds",
