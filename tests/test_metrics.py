@@ -7,6 +7,7 @@ import pathlib
 
 import numpy as np
 import pytest
+import scipy.optimize
 
 from tf_prob_unet import metrics
 
@@ -395,6 +396,47 @@ def test_hungarian_lcm_tiling_matches_brute_force():
     best = max(np.mean([1 - d[b, k % 3, perm[k] % 2] for k in range(size)])
                for perm in itertools.permutations(range(size)))
     assert got[b] == pytest.approx(best)
+
+
+def _tiled_hungarian(d):
+  """The former HM-IoU: Hungarian matching on both sets tiled to lcm(S, R), per image."""
+  out = []
+  for di in d:
+    s, r = di.shape
+    size = math.lcm(s, r)
+    tiled = di[(np.arange(size) % s)[:, None], (np.arange(size) % r)[None, :]]
+    ri, ci = scipy.optimize.linear_sum_assignment(tiled)
+    out.append(1.0 - tiled[ri, ci].mean())
+  return np.array(out)
+
+
+@pytest.mark.parametrize("s,r", [(16, 4), (6, 4), (3, 5)])
+def test_transport_hm_iou_equals_tiled_hungarian_for_uniform_weights(s, r):
+  rng = np.random.default_rng(s * r)
+  samples = _random_masks(rng, (4, s, 10, 12), 2)
+  refs = _random_masks(rng, (4, r, 10, 12), 2)
+  expected = _tiled_hungarian(metrics.iou_distance_matrix(samples, refs))
+  np.testing.assert_allclose(metrics.hungarian_matched_iou(samples, refs), expected, atol=1e-9)
+  np.testing.assert_allclose(
+      metrics.hungarian_matched_iou(samples, refs, np.full(r, 1.0 / r)), expected, atol=1e-9)
+
+
+def test_transport_hm_iou_skewed_weights_hand_worked():
+  # 1x8 masks, the sets of test_hungarian_hand_worked: IoU(S0, Y0) = 2/3, IoU(S0, Y1) = 1/4,
+  # IoU(S1, Y0) = 1/2, IoU(S1, Y1) = 0. Each sample carries mass 1/2.
+  y = np.array([[[1, 1, 1, 1, 0, 0, 0, 0]], [[0, 0, 0, 0, 1, 1, 1, 1]]])[None]
+  s = np.array([[[1, 1, 1, 1, 1, 1, 0, 0]], [[1, 1, 0, 0, 0, 0, 0, 0]]])[None]
+  # Uniform weights: S0 -> Y1, S1 -> Y0, (1/4 + 1/2) / 2 = 0.375 (the Hungarian result).
+  np.testing.assert_allclose(metrics.hungarian_matched_iou(s, y, [0.5, 0.5]), [0.375])
+  # Weights (0.9, 0.1). With x = T(S0, Y1) in [0, 0.1] the plan is T(S0, Y0) = 0.5 - x,
+  # T(S1, Y0) = 0.4 + x, T(S1, Y1) = 0.1 - x, and the matched IoU is
+  # (0.5 - x) 2/3 + x 1/4 + (0.4 + x) 1/2 + (0.1 - x) 0 = 0.5333 + x / 12, largest at x = 0.1:
+  # 0.4 * 2/3 + 0.1 * 1/4 + 0.5 * 1/2 = 0.541667 (the Hungarian pairing would give 0.375).
+  np.testing.assert_allclose(metrics.hungarian_matched_iou(s, y, [0.9, 0.1]),
+                             [0.4 * 2 / 3 + 0.1 / 4 + 0.5 / 2])
+  # A zero-weight reference is padding: both samples go to Y0, (2/3 + 1/2) / 2.
+  np.testing.assert_allclose(metrics.hungarian_matched_iou(s, y, [1.0, 0.0]),
+                             [(2 / 3 + 1 / 2) / 2])
 
 
 def test_sample_diversity_excludes_diagonal():

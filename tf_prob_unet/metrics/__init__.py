@@ -59,15 +59,19 @@ NaN rules.
     before averaging, MoSE takes a nanmean) and say how many were dropped.
 
 Hungarian-matched IoU (`hungarian_matched_iou`).
-  Samples and references are both tiled to `L = lcm(S, R)` masks (CCDM's convention; for the
-  usual `S = 16`, `R = 4` this is the CAR / PixelSeg convention of repeating the references
-  `S / R` times). The assignment minimises the cost `d` (NaN counted as 1) and the result is
-  the mean IoU `1 - d` over the matched pairs, NaN pairs excluded.
+  An optimal transport of the samples (mass `1/S` each) onto the references (mass: their
+  weights, uniform `1/R` by default) at cost `d` (NaN counted as 1); the result is the mean IoU
+  `1 - d` under the optimal plan, NaN pairs excluded. For uniform weights this equals the
+  Hungarian assignment after tiling both sets to `L = lcm(S, R)` masks (CCDM's convention; for
+  the usual `S = 16`, `R = 4` the CAR / PixelSeg convention of repeating the references `S / R`
+  times); MoSE's "M-IoU" is the same transport.
 
 Sample diversity (`sample_diversity`).
   `E[d(S, S')]` over pairs `i != i'` (SSN's definition; needs `S >= 2`).
 
-S_NCC (`s_ncc`): see its docstring for the exact formula (PHiSeg's).
+S_NCC (`s_ncc`, `s_ncc_labels`): see their docstrings for the exact formula (PHiSeg's). `s_ncc`
+  takes the samples' class probabilities (PHiSeg's definition); `s_ncc_labels` the same formula
+  on one-hot samples. The mean over references is weighted by the reference weights.
 
 Implementation.
   Per evaluated class, every mask's indicator is bit-packed (64 pixels per uint64 word) and the
@@ -90,6 +94,7 @@ from tf_prob_unet.metrics.ged import ideal_geds
 from tf_prob_unet.metrics.ged import resampled_ged
 from tf_prob_unet.metrics.ged import sample_diversity
 from tf_prob_unet.metrics.matching import hungarian_matched_iou
+from tf_prob_unet.metrics.matching import transport_plan
 from tf_prob_unet.metrics.modes import assign_modes
 from tf_prob_unet.metrics.modes import mode_statistics
 from tf_prob_unet.metrics.modes import pixel_flip_rates

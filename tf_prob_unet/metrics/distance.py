@@ -289,11 +289,11 @@ def _cross_distances(a, plain_a, b, plain_b, valid, binary, classes):
 
 
 def _checked_cross_distances(samples, references, references_name, num_classes, class_ids,
-                             ignore_index, weights=None):
+                             ignore_index, weights=None, weights_name="mode_probs"):
   """Validates `samples` against `references` and returns `(d [B, S, R], weights or None)`.
 
-  `weights` (`[B, R]` or `[R]`, named `mode_probs`) is checked and used to leave zero-weight
-  references out of the void mask.
+  `weights` (`[B, R]` or `[R]`, named `weights_name` in errors) is checked and used to leave
+  zero-weight references out of the void mask.
   """
   binary, classes = _resolve_classes(num_classes, class_ids, ignore_index)
   samples, plain_s = _labels(samples, "samples", num_classes, ignore_index)
@@ -301,7 +301,7 @@ def _checked_cross_distances(samples, references, references_name, num_classes, 
   _check_pair(samples, "samples", references, references_name)
   p = None
   if weights is not None:
-    p = _check_weights(weights, references.shape[0], references.shape[1], "mode_probs")
+    p = _check_weights(weights, references.shape[0], references.shape[1], weights_name)
   valid = _void_valid(references, ignore_index, p)
   d = _cross_distances(samples, plain_s, references, plain_r, valid, binary, classes)
   return d, p
