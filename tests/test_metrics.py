@@ -339,7 +339,8 @@ def test_iou_distance_matrix_matches_direct():
       _assert_nan_equal(got[i], np.array(expected))
 
 
-def test_chunking_does_not_change_results(monkeypatch):
+@pytest.mark.parametrize("dense_support", [-1.0, 2.0])  # every class dense / every class sparse
+def test_chunking_does_not_change_results(monkeypatch, dense_support):
   rng = np.random.default_rng(3)
   samples = _random_masks(rng, (9, 6, 20, 40), 3)
   refs = _random_masks(rng, (9, 4, 20, 40), 3)
@@ -347,7 +348,7 @@ def test_chunking_does_not_change_results(monkeypatch):
   full = metrics.ged(samples, refs, **kwargs)
   cross = metrics.iou_distance_matrix(samples, refs, **kwargs)
   monkeypatch.setattr(metrics.distance, "_CHUNK_ELEMENTS", 1)
-  monkeypatch.setattr(metrics.distance, "_PAIR_BYTES", 1)
+  monkeypatch.setattr(metrics.distance, "_DENSE_SUPPORT", dense_support)
   np.testing.assert_allclose(metrics.ged(samples, refs, **kwargs), full, rtol=0, atol=1e-12)
   np.testing.assert_allclose(metrics.iou_distance_matrix(samples, refs, **kwargs), cross,
                              rtol=0, atol=1e-12)

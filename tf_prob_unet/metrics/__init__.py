@@ -74,9 +74,9 @@ S_NCC (`s_ncc`, `s_ncc_labels`): see their docstrings for the exact formula (PHi
   on one-hot samples. The mean over references is weighted by the reference weights.
 
 Implementation.
-  Per evaluated class, every mask's indicator is bit-packed (64 pixels per uint64 word) and the
-  intersections of all needed mask pairs are popcounts of word-wise ANDs, restricted per image
-  to the span of words that some mask occupies. Counts are exact integers, so results do not
+  Per evaluated class, the sizes and pairwise intersections of all masks of an image are one
+  Gram matrix `X X^T` of their 0/1 indicators `X` `[M, P]` (a BLAS matrix product), restricted
+  to the pixels where some mask holds the class. Counts are exact integers, so results do not
   depend on the chunking.
 
 Mode statistics (`assign_modes`, `mode_statistics`, `pixel_flip_rates`).
