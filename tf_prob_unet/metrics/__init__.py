@@ -88,16 +88,26 @@ Mode statistics (`assign_modes`, `mode_statistics`, `pixel_flip_rates`).
 """
 
 from tf_prob_unet.metrics.distance import iou_distance_matrix
+from tf_prob_unet.metrics.distance import pairwise_distances
 from tf_prob_unet.metrics.ged import _stratified_counts
+from tf_prob_unet.metrics.ged import diversity_from_distances
 from tf_prob_unet.metrics.ged import ged
+from tf_prob_unet.metrics.ged import ged_from_distances
 from tf_prob_unet.metrics.ged import ideal_geds
+from tf_prob_unet.metrics.ged import ideal_geds_from_distances
 from tf_prob_unet.metrics.ged import resampled_ged
+from tf_prob_unet.metrics.ged import resampled_ged_from_distances
 from tf_prob_unet.metrics.ged import sample_diversity
 from tf_prob_unet.metrics.matching import hungarian_matched_iou
 from tf_prob_unet.metrics.matching import transport_plan
 from tf_prob_unet.metrics.modes import assign_modes
+from tf_prob_unet.metrics.modes import assign_modes_from_distances
+from tf_prob_unet.metrics.modes import flip_rates_from_counts
 from tf_prob_unet.metrics.modes import mode_statistics
+from tf_prob_unet.metrics.modes import mode_statistics_partial
+from tf_prob_unet.metrics.modes import pixel_flip_counts
 from tf_prob_unet.metrics.modes import pixel_flip_rates
+from tf_prob_unet.metrics.modes import reduce_mode_statistics
 from tf_prob_unet.metrics.ncc import s_ncc
 from tf_prob_unet.metrics.ncc import s_ncc_labels
 

@@ -9,7 +9,7 @@ Implementation.
 
 import numpy as np
 
-__all__ = ["iou_distance_matrix"]
+__all__ = ["iou_distance_matrix", "pairwise_distances"]
 
 # Elements (masks x pixels) of one image chunk: bounds the per-class indicator buffers.
 _CHUNK_ELEMENTS = 1 << 22
@@ -344,3 +344,38 @@ def iou_distance_matrix(a, b, *, num_classes=2, class_ids=None, ignore_index=Non
   _check_pair(a, "a", b, "b")
   valid = _void_valid(b, ignore_index)
   return _cross_distances(a, plain_a, b, plain_b, valid, binary, classes)
+
+
+def pairwise_distances(groups, *, num_classes=2, class_ids=None, ignore_index=None,
+                       void_from=None, void_weights=None):
+  """Distances `d = 1 - IoU` among all masks of `groups`, stacked along the mask axis.
+
+  One pass over the pixels serves every measure built on the distances of these masks (GED
+  terms, matching, diversity, mode assignment, resampled and ideal GEDs).
+
+  Args:
+    groups: list of `[B, Mk, H, W]` label maps; mask `m` of the result indexes their
+      concatenation.
+    num_classes, class_ids, ignore_index: see `iou_distance_matrix`.
+    void_from: optional `[B, R, H, W]` references whose void pixels (with non-zero weight in
+      `void_weights` `[B, R]`, if given) are excluded from every comparison.
+    void_weights: optional validated `[B, R]` weights of `void_from`.
+
+  Returns:
+    `[B, M, M]` float64, symmetric; the diagonal is 0 (NaN for a mask holding no evaluated
+    class in the multi-class convention).
+
+  Raises:
+    ValueError: on malformed inputs.
+  """
+  binary, classes = _resolve_classes(num_classes, class_ids, ignore_index)
+  checked = [_labels(g, f"groups[{k}]", num_classes, ignore_index) for k, g in enumerate(groups)]
+  for k, (g, _) in enumerate(checked[1:], 1):
+    _check_pair(checked[0][0], "groups[0]", g, f"groups[{k}]")
+  valid = None
+  if void_from is not None:
+    refs, _ = _labels(void_from, "void_from", num_classes, ignore_index)
+    _check_pair(checked[0][0], "groups[0]", refs, "void_from")
+    valid = _void_valid(refs, ignore_index, void_weights)
+  return _self_distances([g for g, _ in checked], [plain for _, plain in checked], valid,
+                         binary, classes)
