@@ -730,6 +730,29 @@ def test_ignore_index_accepted_in_labels():
   assert np.all(np.isfinite(metrics.ged(samples, refs, ignore_index=255)))
 
 
+def test_reliability_hand_worked_and_additive():
+  # Foreground frequencies per pixel: samples (1, 0.5, 0, 0.25), graders (1, 0.5, 0.5, 0).
+  samples = np.array([[1, 1, 0, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]])[None, :, None]
+  refs = np.array([[1, 1, 1, 0], [1, 0, 0, 0]])[None, :, None]
+  counts = metrics.reliability_counts(samples, refs, bins=2)
+  # Bin [0, 0.5): pixels 2 and 3; bin [0.5, 1]: pixels 0 and 1.
+  np.testing.assert_allclose(counts, [[2, 0.25, 0.5], [2, 1.5, 1.5]])
+  assert metrics.expected_calibration_error(counts) == pytest.approx(0.25 / 4)
+  diagram = metrics.reliability_diagram(counts)
+  assert diagram["predicted"] == [0.125, 0.75] and diagram["observed"] == [0.25, 0.75]
+  # Counts of two batches add up to the counts of both; weights and void are honoured.
+  both = np.concatenate([samples, samples[:, ::-1]])
+  np.testing.assert_allclose(
+      metrics.reliability_counts(both, np.concatenate([refs, refs]), bins=2),
+      counts + metrics.reliability_counts(samples[:, ::-1], refs, bins=2))
+  weighted = metrics.reliability_counts(samples, refs, [1.0, 0.0], bins=2)
+  np.testing.assert_allclose(weighted[:, 2], [1.0, 2.0])
+  void = refs.copy()
+  void[0, 1, 0, 3] = 255
+  np.testing.assert_allclose(metrics.reliability_counts(samples, void, bins=2, ignore_index=255),
+                             [[1, 0.0, 0.5], [2, 1.5, 1.5]])
+
+
 def test_package_imports_only_numpy_scipy():
   roots = set()
   for path in pathlib.Path(metrics.__file__).parent.glob("*.py"):

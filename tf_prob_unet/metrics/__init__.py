@@ -5,10 +5,12 @@ label maps written by any model. All inputs are integer label maps; shapes are
 `[B, S, H, W]` (B images, S masks per image) unless stated otherwise. Every function is
 vectorised over masks and pixels; work is done in chunks of images to bound memory.
 
-Modules: `distance` (validation and the `1 - IoU` distance core, `iou_distance_matrix`), `ged`
-(GED, sample diversity, ideal and resampled GED), `matching` (HM-IoU), `ncc` (S_NCC), `modes`
-(mode statistics, pixel flip rates) and `calibration`. Every public name is re-exported here, so
-`from tf_prob_unet import metrics; metrics.ged(...)` works.
+Modules: `distance` (validation and the `1 - IoU` distance core, `iou_distance_matrix`,
+`pairwise_distances`), `ged` (GED, sample diversity, ideal and resampled GED), `matching` (HM-IoU),
+`ncc` (S_NCC), `modes` (mode statistics, pixel flip rates) and `calibration` (reliability diagram,
+ECE). Every public name is re-exported here, so `from tf_prob_unet import metrics;
+metrics.ged(...)` works. The `*_from_distances`, `*_partial` and `*_counts` forms let a caller
+compute the distances of a batch once and sum a split's statistics batch by batch.
 
 Conventions (the README points here):
 
@@ -87,6 +89,9 @@ Mode statistics (`assign_modes`, `mode_statistics`, `pixel_flip_rates`).
   `#pred c_2 / (#pred c + #pred c_2)`.
 """
 
+from tf_prob_unet.metrics.calibration import expected_calibration_error
+from tf_prob_unet.metrics.calibration import reliability_counts
+from tf_prob_unet.metrics.calibration import reliability_diagram
 from tf_prob_unet.metrics.distance import iou_distance_matrix
 from tf_prob_unet.metrics.distance import pairwise_distances
 from tf_prob_unet.metrics.ged import _stratified_counts
@@ -123,4 +128,7 @@ __all__ = [
     "ideal_geds",
     "resampled_ged",
     "pixel_flip_rates",
+    "reliability_counts",
+    "reliability_diagram",
+    "expected_calibration_error",
 ]
