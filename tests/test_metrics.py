@@ -562,6 +562,11 @@ def test_s_ncc_probabilities_matches_phiseg(num_classes, num_refs):
                 for b in range(3)]
   np.testing.assert_allclose(got_w, expected_w, rtol=1e-9, atol=1e-12)
   assert not np.allclose(got_w, got)
+  # Prefixes in one pass equal separate calls on the first n samples.
+  prefixes = metrics.s_ncc(probs, refs, w, num_classes=num_classes, num_samples=(2, 6))
+  np.testing.assert_allclose(prefixes["6"], got_w, rtol=1e-12)
+  np.testing.assert_allclose(prefixes["2"], metrics.s_ncc(probs[:, :2], refs, w,
+                                                          num_classes=num_classes), rtol=1e-12)
 
 
 def test_s_ncc_probabilities_void_and_one_hot():

@@ -104,6 +104,7 @@ from tf_prob_unet.metrics.ged import resampled_ged
 from tf_prob_unet.metrics.ged import resampled_ged_from_distances
 from tf_prob_unet.metrics.ged import sample_diversity
 from tf_prob_unet.metrics.matching import hungarian_matched_iou
+from tf_prob_unet.metrics.matching import matched_iou_from_distances
 from tf_prob_unet.metrics.matching import transport_plan
 from tf_prob_unet.metrics.modes import assign_modes
 from tf_prob_unet.metrics.modes import assign_modes_from_distances

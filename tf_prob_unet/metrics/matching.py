@@ -7,7 +7,7 @@ from scipy.optimize import linprog
 from tf_prob_unet.metrics.distance import _check_weights
 from tf_prob_unet.metrics.distance import _checked_cross_distances
 
-__all__ = ["hungarian_matched_iou", "transport_plan"]
+__all__ = ["hungarian_matched_iou", "matched_iou_from_distances", "transport_plan"]
 
 
 def transport_plan(cost, source, target):
@@ -67,9 +67,14 @@ def hungarian_matched_iou(samples, references, reference_weights=None, *, num_cl
   """
   d, w = _checked_cross_distances(samples, references, "references", num_classes, class_ids,
                                   ignore_index, reference_weights, "reference_weights")
+  return matched_iou_from_distances(d, w)
+
+
+def matched_iou_from_distances(d, reference_weights=None):
+  """`hungarian_matched_iou` from `[B, S, R]` sample-reference distances and `[B, R]`
+  validated weights (None: uniform)."""
   batch, s, r = d.shape
-  if w is None:
-    w = _check_weights(None, batch, r, "reference_weights")
+  w = _check_weights(reference_weights, batch, r, "reference_weights")
   out = np.empty(batch)
   source = np.full(s, 1.0 / s)
   for i in range(batch):

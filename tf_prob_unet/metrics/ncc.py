@@ -18,7 +18,7 @@ _PROB_ATOL = 1e-4
 
 
 def s_ncc(probabilities, references, reference_weights=None, *, num_classes, eps=1e-8,
-          ignore_index=None):
+          ignore_index=None, num_samples=None):
   """S_NCC of PHiSeg (`variance_ncc_dist`), from each sample's class probabilities, per image.
 
   With `s_i` the softmax map of sample `i` (`[H, W, K]`), `sbar = mean_i s_i`, `y_j` the one-hot
@@ -46,9 +46,11 @@ def s_ncc(probabilities, references, reference_weights=None, *, num_classes, eps
     eps: the constant inside the logarithm (PHiSeg: 1e-8).
     ignore_index: optional void label; pixels where any (non-zero-weight) reference equals it
       are excluded from the correlation.
+    num_samples: optional sample counts `n`: score the first `n` samples for each `n` in one
+      pass over the samples.
 
   Returns:
-    `[B]` float64.
+    `[B]` float64, or with `num_samples` a dict `{str(n): [B]}`.
 
   Raises:
     ValueError: on malformed inputs.
@@ -68,34 +70,39 @@ def s_ncc(probabilities, references, reference_weights=None, *, num_classes, eps
   if not eps > 0:
     raise ValueError(f"`eps` must be > 0; got {eps}.")
   batch, s = probs.shape[:2]
+  counts = [s] if num_samples is None else [int(n) for n in num_samples]
+  if not counts or not all(1 <= n <= s for n in counts):
+    raise ValueError(f"`num_samples` must list counts in [1, S = {s}]; got {num_samples}.")
   r = references.shape[1]
   w = _check_weights(reference_weights, batch, r, "reference_weights")
   valid_all = _void_valid(references, ignore_index, w)
   pixels = probs.shape[2] * probs.shape[3]
-  out = np.empty(batch)
+  out = {str(n): np.empty(batch) for n in counts}
   for b in range(batch):
     p = probs[b].reshape(s, pixels, num_classes)
     lo, hi = np.min(p), np.max(p)
     if not (np.isfinite(lo) and np.isfinite(hi) and lo >= -_PROB_ATOL and hi <= 1 + _PROB_ATOL):
       raise ValueError(f"`probabilities` must lie in [0, 1]; image {b} holds values in "
                        f"[{lo}, {hi}].")
-    sbar = np.zeros((pixels, num_classes))
-    mean_log = np.zeros((pixels, num_classes))
-    for i in range(s):  # one sample at a time: no [S, P, K] float64 buffer
-      sbar += p[i]
-      mean_log += np.log(p[i].astype(np.float64) + eps)
-    sbar /= s
-    mean_log /= s
-    e_ss = -np.einsum("pc,pc->p", sbar, mean_log)
     y = references[b].reshape(r, pixels).T.astype(np.intp)  # [P, R]
     if valid_all is None:
       valid = np.ones((pixels, 1), bool)
     else:
       valid = valid_all[b].reshape(pixels, 1)
       y = np.where(valid, y, 0)
-    e_sy = -np.take_along_axis(mean_log, y, axis=1)  # [P, R]
-    out[b] = _mean_pearson(e_ss[None, :, None], e_sy[None], valid[None], w[b:b + 1])[0]
-  return out
+    sum_p = np.zeros((pixels, num_classes))
+    sum_log = np.zeros((pixels, num_classes))
+    for i in range(max(counts)):  # one sample at a time: no [S, P, K] float64 buffer
+      sum_p += p[i]
+      sum_log += np.log(p[i].astype(np.float64) + eps)
+      if i + 1 not in counts:
+        continue
+      mean_log = sum_log / (i + 1)
+      e_ss = -np.einsum("pc,pc->p", sum_p / (i + 1), mean_log)
+      e_sy = -np.take_along_axis(mean_log, y, axis=1)  # [P, R]
+      out[str(i + 1)][b] = _mean_pearson(e_ss[None, :, None], e_sy[None], valid[None],
+                                         w[b:b + 1])[0]
+  return out if num_samples is not None else out[str(s)]
 
 
 def s_ncc_labels(samples, references, *, num_classes=2, eps=1e-7, ignore_index=None):
