@@ -97,7 +97,7 @@ def _evaluate_all(args, counts, log):
   Each run is evaluated into `OUTPUT_DIR/eval/<model>/`; `OUTPUT_DIR/eval/report.md` and
   `metrics.json` combine them with the evaluate library's own report function.
   """
-  from tf_prob_unet import evaluate_lib, train_lib  # noqa: E402
+  from tf_prob_unet import evaluate_lib, run_dir  # noqa: E402
   eval_dir = os.path.join(args.output_dir, "eval")
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO + os.pathsep +
              os.environ.get("PYTHONPATH", ""))
@@ -127,9 +127,9 @@ def _evaluate_all(args, counts, log):
   for model in args.models:
     with open(os.path.join(eval_dir, model, "metrics.json")) as f:
       results[model] = json.load(f)
-  train_lib.atomic_write(os.path.join(eval_dir, "metrics.json"),
+  run_dir.atomic_write(os.path.join(eval_dir, "metrics.json"),
                          json.dumps({"models": results}, indent=1))
-  train_lib.atomic_write(os.path.join(eval_dir, "report.md"),
+  run_dir.atomic_write(os.path.join(eval_dir, "report.md"),
                          evaluate_lib.report_markdown(results, counts))
   for model, result in results.items():
     log(evaluate_lib.summary_table(model, result, counts))

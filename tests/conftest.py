@@ -44,18 +44,18 @@ EXPORT_MODEL_KWARGS = dict(num_classes=2, channels=TINY_CHANNELS, convs_per_bloc
 def tiny_export(tmp_path_factory):
   """A tiny Probabilistic U-Net run (32x32x1, 2 classes) and its SavedModel export.
 
-  Returns a dict: `model_dir`, `model` (the Keras model as restored by `train_lib.load_model`),
+  Returns a dict: `model_dir`, `model` (the Keras model as restored by `run_dir.load_model`),
   `saved_model` (the version directory) and `export_base`.
   """
   from tests.helpers import write_model_dir
-  from tf_prob_unet import export_lib, train_lib
+  from tf_prob_unet import export_lib, run_dir
 
   keras.utils.set_random_seed(7)
   root = tmp_path_factory.mktemp("tiny_export")
   model_dir, _ = write_model_dir(root / "run", input_shape=(32, 32, 1), **EXPORT_MODEL_KWARGS)
   base = str(root / "export")
   saved_model = export_lib.export_saved_model(model_dir, base)
-  model, _ = train_lib.load_model(model_dir)
+  model, _ = run_dir.load_model(model_dir)
   return {"model_dir": model_dir, "model": model, "saved_model": saved_model,
           "export_base": base}
 

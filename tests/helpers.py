@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_prob_unet import models, train_lib
+from tf_prob_unet import models, run_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,8 +40,8 @@ def write_model_dir(path, model_name="prob_unet", input_shape=(32, 32, 1), step=
   """A training-run directory as `train_lib.run` leaves it, without a dataset or training.
 
   Builds `model_name` with `kwargs` (initial weights) and writes `model_config.json` and a
-  checkpoint in `train_lib`'s format (variables keyed by path, plus the step), so that
-  `train_lib.load_model(path)` restores it.
+  checkpoint in `run_dir`'s format (variables keyed by path, plus the step), so that
+  `run_dir.load_model(path)` restores it.
 
   Returns:
     `(model_dir, model)`.
@@ -51,10 +51,10 @@ def write_model_dir(path, model_name="prob_unet", input_shape=(32, 32, 1), step=
   os.makedirs(path, exist_ok=True)
   config = {"model": model_name, "kwargs": kwargs, "input_shape": list(input_shape),
             "dataset": "none", "data_dir": ""}
-  train_lib.atomic_write(os.path.join(path, train_lib.MODEL_CONFIG_FILE), json.dumps(config))
-  checkpoint = tf.train.Checkpoint(weights=train_lib.model_weights(model),
+  run_dir.atomic_write(os.path.join(path, run_dir.MODEL_CONFIG_FILE), json.dumps(config))
+  checkpoint = tf.train.Checkpoint(weights=run_dir.model_weights(model),
                                    step=tf.Variable(step, dtype=tf.int64))
   manager = tf.train.CheckpointManager(
-      checkpoint, os.path.join(path, train_lib.CHECKPOINT_DIR), max_to_keep=1)
+      checkpoint, os.path.join(path, run_dir.CHECKPOINT_DIR), max_to_keep=1)
   manager.save(checkpoint_number=step)
   return str(path), model

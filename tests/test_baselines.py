@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from tests.conftest import TINY_CHANNELS, tiny_batch
 from tests.helpers import assert_allclose, assert_config_round_trip
-from tf_prob_unet import evaluate_lib, losses, train_lib
+from tf_prob_unet import evaluate_lib, losses, run_dir, train_lib
 from tf_prob_unet.layers import SegmentationHeads
 from tf_prob_unet.models import MODELS, get_model_class
 
@@ -138,7 +138,7 @@ def test_train_and_evaluate_libraries_run_every_baseline(name, tmp_path):
   config = _tiny_config(tmp_path, name)
   trained = train_lib.run(config, log=lambda *_: None)
   assert trained["step"] == 3 and np.isfinite(trained["logs"]["loss"])
-  model, info = train_lib.load_model(config.model_dir)
+  model, info = run_dir.load_model(config.model_dir)
   assert info["model"] == name and type(model) is get_model_class(name)
   images = tf.random.uniform((2,) + tuple(info["input_shape"]))
   assert_allclose(model(images), trained["model"](images), rtol=1e-5, atol=1e-5)

@@ -12,7 +12,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tests.helpers import REPO, run_binary
-from tf_prob_unet import input_pipeline, make_cues_lib, train_lib
+from tf_prob_unet import input_pipeline, make_cues_lib, run_dir, train_lib
 
 cs = input_pipeline._local_builder_module("cityscapes_ambiguous")  # pylint: disable=protected-access
 fake = importlib.import_module(
@@ -118,7 +118,7 @@ def test_cue_route_unet_make_cues_build_and_train(tmp_path):
                                  model_dir=str(tmp_path / "run"), **tiny)
   result = train_lib.run(config, log=lambda *_: None)
   assert result["step"] == 1 and np.isfinite(result["logs"]["loss"])
-  model, info = train_lib.load_model(config.model_dir)
+  model, info = run_dir.load_model(config.model_dir)
   assert tuple(info["input_shape"]) == (256, 512, 3 + 19)  # image + one-hot cue
   spec = input_pipeline.dataset_spec(builder)
   batch = next(iter(input_pipeline.eval_dataset(builder, spec, 2, split="test")))

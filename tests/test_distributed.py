@@ -23,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # when run as a script
   sys.path.insert(0, REPO)
 
-from tf_prob_unet import input_pipeline, train_lib  # noqa: E402
+from tf_prob_unet import input_pipeline, run_dir, train_lib  # noqa: E402
 from tf_prob_unet.models import common  # noqa: E402
 
 TINY = "synthetic_ambiguous/lidc_like_tiny"
@@ -64,8 +64,8 @@ def _losses(stdout):
 
 
 def _weights(model_dir):
-  model, info = train_lib.load_model(model_dir)
-  return {k: v.numpy() for k, v in train_lib.model_weights(model).items()}, info["step"]
+  model, info = run_dir.load_model(model_dir)
+  return {k: v.numpy() for k, v in run_dir.model_weights(model).items()}, info["step"]
 
 
 def _assert_same_weights(a, b, atol):
@@ -116,7 +116,7 @@ def test_injected_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path
   assert re.match(r"Training stopped at step 5: non-finite (loss term '\w+'|gradient norm) = "
                   r"nan", message), message
   assert "ckpt-4 is intact" in message and "\n" not in message
-  checkpoints = os.path.join(config.model_dir, train_lib.CHECKPOINT_DIR)
+  checkpoints = os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR)
   assert tf.train.latest_checkpoint(checkpoints).endswith("ckpt-4")
   assert not [f for f in os.listdir(checkpoints) if f.startswith("ckpt-5")]
   weights, step = _weights(config.model_dir)
@@ -157,10 +157,10 @@ def test_mirrored_on_two_devices_matches_one_device(tmp_path):
   mirrored, _ = _weights(str(tmp_path / "mirrored"))
   _assert_same_weights(mirrored, single, atol=2e-5)
   # The tolerance is meaningful: two steps of training move the weights far more than that.
-  earlier, _ = train_lib.load_model(str(tmp_path / "default"), checkpoint=str(
+  earlier, _ = run_dir.load_model(str(tmp_path / "default"), checkpoint=str(
       tmp_path / "default" / "checkpoints" / "ckpt-2"))
   assert _max_change(single, {k: v.numpy() for k, v in
-                              train_lib.model_weights(earlier).items()}) > 1e-3
+                              run_dir.model_weights(earlier).items()}) > 1e-3
 
 
 # --- two workers (MultiWorkerMirroredStrategy) --------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tests.helpers import run_binary as _binary
-from tf_prob_unet import evaluate_lib, input_pipeline, train_lib
+from tf_prob_unet import evaluate_lib, input_pipeline, run_dir, train_lib
 
 TINY = "synthetic_ambiguous/lidc_like_tiny"
 
@@ -46,7 +46,7 @@ def test_checkpoint_restores_the_trained_model_exactly(tmp_path):
   config = _config(tmp_path, eval_every=100)
   result = train_lib.run(config, log=lambda *_: None)
   assert result["step"] == 6
-  model, info = train_lib.load_model(config.model_dir)
+  model, info = run_dir.load_model(config.model_dir)
   assert info["step"] == 6
   builder = input_pipeline.get_builder(TINY, config.data_dir)
   spec = input_pipeline.dataset_spec(builder)
@@ -119,7 +119,7 @@ def test_evaluate_writes_metrics_report_and_figures(tmp_path):
 def test_evaluate_rejects_run_without_checkpoint(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(ValueError, match="--model_dir"):
-    train_lib.load_model(str(tmp_path / "empty"))
+    run_dir.load_model(str(tmp_path / "empty"))
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ import tensorflow as tf
 from tf_prob_unet import input_pipeline
 from tf_prob_unet import metrics
 from tf_prob_unet import plots
-from tf_prob_unet import train_lib
+from tf_prob_unet import run_dir
 
 
 @dataclasses.dataclass
@@ -426,7 +426,7 @@ def run(config, log=print):
   counts = sorted(int(n) for n in config.num_samples)
   results, figures = {}, {}
   for model_dir in config.model_dir:
-    model, info = train_lib.load_model(model_dir)
+    model, info = run_dir.load_model(model_dir)
     builder = input_pipeline.get_builder(info["dataset"], config.data_dir or info.get("data_dir")
                                          or None)
     spec = input_pipeline.dataset_spec(builder)
@@ -455,8 +455,8 @@ def run(config, log=print):
   out = config.output_dir
   os.makedirs(out, exist_ok=True)
   combined = next(iter(results.values())) if len(results) == 1 else {"models": results}
-  train_lib.atomic_write(os.path.join(out, "metrics.json"), json.dumps(combined, indent=1))
-  train_lib.atomic_write(os.path.join(out, "report.md"), report_markdown(results, counts))
+  run_dir.atomic_write(os.path.join(out, "metrics.json"), json.dumps(combined, indent=1))
+  run_dir.atomic_write(os.path.join(out, "report.md"), report_markdown(results, counts))
   written = ["samples.png", "ged_distribution.png", "reliability.png"]
   for label, (kept, spec) in figures.items():
     suffix = "" if len(figures) == 1 else f"_{label}"

@@ -39,7 +39,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_prob_unet import train_lib
+from tf_prob_unet import run_dir
 from tf_prob_unet.models import ProbUNet
 
 INFO_FILE = os.path.join("assets.extra", "tf_prob_unet.json")
@@ -273,7 +273,7 @@ def export_saved_model(model_dir, export_base, model_name="prob_unet", version=N
     raise ValueError(f"--version: expected a positive integer, found {version}.")
   target = os.path.join(model_base, str(int(version)))
   _check_target(target, "--version", overwrite)
-  model, info = train_lib.load_model(model_dir)
+  model, info = run_dir.load_model(model_dir)
   check_exportable(model, info["model"])
   return write_saved_model(model, info, target)
 
@@ -287,7 +287,7 @@ def write_saved_model(model, info, target):
   Args:
     model: a built `ProbUNet`.
     info: the run's `model_config.json` record (`model`, `kwargs`, `input_shape`; `step`,
-      `checkpoint` and `dataset` are copied when present) as `train_lib.load_model` returns it.
+      `checkpoint` and `dataset` are copied when present) as `run_dir.load_model` returns it.
     target: the version directory.
 
   Returns:
@@ -309,7 +309,7 @@ def write_saved_model(model, info, target):
         "checkpoint": info.get("checkpoint"), "num_classes": model.num_classes,
         "latent_dim": model.latent_dim, "feature_channels": model.fcomb.channels,
         "signatures": list(SIGNATURES), "preprocessing": "uint8 images / 255 (inside the graph)"}
-    train_lib.atomic_write(os.path.join(tmp, INFO_FILE), json.dumps(record, indent=2))
+    run_dir.atomic_write(os.path.join(tmp, INFO_FILE), json.dumps(record, indent=2))
     _replace_dir(tmp, target)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)

@@ -23,7 +23,7 @@ from PIL import Image
 import tensorflow as tf
 
 from tf_prob_unet import input_pipeline
-from tf_prob_unet import train_lib
+from tf_prob_unet import run_dir
 
 CUE_SUFFIX = "_cue_trainIds.png"
 
@@ -75,7 +75,7 @@ def _png(label):
 def run(config, log=print):
   """Writes one cue PNG per image of `config.splits`; returns `{split: images written}`."""
   config.validate()
-  model, info = train_lib.load_model(config.model_dir)
+  model, info = run_dir.load_model(config.model_dir)
   builder = input_pipeline.get_builder(info["dataset"], config.data_dir or info.get("data_dir")
                                        or None)
   spec = input_pipeline.dataset_spec(builder)
@@ -97,7 +97,7 @@ def run(config, log=print):
       for label, frame_id in zip(predict(images).numpy().astype(np.uint8), ids.numpy()):
         frame_id = frame_id.decode()
         city = frame_id.split("_")[0]
-        train_lib.atomic_write(
+        run_dir.atomic_write(
             os.path.join(config.output_dir, split, city, frame_id + CUE_SUFFIX), _png(label))
         count += 1
       sys.stderr.write(f"\r  {split}: {count}/{total} images, {time.time() - start:.0f}s")

@@ -31,7 +31,7 @@ from PIL import Image
 
 from tf_prob_unet import export_lib
 from tf_prob_unet import plots
-from tf_prob_unet import train_lib
+from tf_prob_unet import run_dir
 from tf_prob_unet.models import common
 
 
@@ -145,7 +145,7 @@ def run(config, log=print):
   """Samples every image of `config.image`; returns a list of per-image dicts of written paths."""
   config.validate()
   if config.model_dir:
-    model, info = train_lib.load_model(config.model_dir)
+    model, info = run_dir.load_model(config.model_dir)
     channels = int(info["input_shape"][-1])
     sampler = keras_sampler(model, channels)
     num_classes = model.num_classes

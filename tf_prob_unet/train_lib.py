@@ -20,11 +20,9 @@ import tensorflow as tf
 from tf_prob_unet import runtime
 from tf_prob_unet import input_pipeline
 from tf_prob_unet import models
+from tf_prob_unet import run_dir
 
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
-MODEL_CONFIG_FILE = "model_config.json"
-FLAGS_FILE = "flags.cfg"
-CHECKPOINT_DIR = "checkpoints"
 
 
 @dataclasses.dataclass
@@ -115,17 +113,6 @@ def config_to_flags(config):
       value = ",".join(str(v) for v in value)
     lines.append(f"--{field.name}={value}")
   return "\n".join(lines) + "\n"
-
-
-def atomic_write(path, text):
-  """Writes `text` (str or bytes) to `path` through a temporary file and a rename (never
-  half-written)."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-  with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def learning_rate_schedule(values, boundaries):
@@ -227,50 +214,6 @@ def model_kwargs(config, spec):
   return models.filter_kwargs(config.model, kwargs)
 
 
-def model_weights(model):
-  """The model's variables keyed by their path below the model (`"unet/encoder/..."`).
-
-  Checkpoints track the model's variables through this dict, by name. (A `tf.train.Checkpoint`
-  holding the Keras 3 model object itself restored some layers' weights into the wrong
-  variables here, silently; keyed by path it is exact, and a test checks it.) Keras'
-  dropout RNG state is not included.
-  """
-  # Random-number state of Keras' own dropout layers (`seed_generator_<n>/...`) is left out: it
-  # is not a weight, and its layer counter differs between processes, so its path is not stable.
-  return {v.path.split("/", 1)[1]: v for v in model.variables
-          if "seed_generator" not in v.path}
-
-
-def load_model(model_dir, checkpoint=None):
-  """Rebuilds the model of a run and restores its latest (or the given) checkpoint.
-
-  Returns:
-    `(model, info)` where `info` is the saved `model_config.json` (model name, constructor
-    arguments, input shape, dataset, training step of the checkpoint under `step`).
-
-  Raises:
-    ValueError: `model_dir` has no model configuration or no checkpoint.
-  """
-  config_path = os.path.join(model_dir, MODEL_CONFIG_FILE)
-  if not os.path.exists(config_path):
-    raise ValueError(f"--model_dir: expected a training run with {MODEL_CONFIG_FILE} in "
-                     f"{model_dir!r}, found none.")
-  with open(config_path) as f:
-    info = json.load(f)
-  checkpoint = checkpoint or tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_DIR))
-  if not checkpoint:
-    raise ValueError(f"--model_dir: expected a checkpoint under "
-                     f"{os.path.join(model_dir, CHECKPOINT_DIR)!r}, found none.")
-  model = models.get_model_class(info["model"])(**info["kwargs"])
-  model.build((None,) + tuple(info["input_shape"]))
-  step = tf.Variable(0, dtype=tf.int64)
-  status = tf.train.Checkpoint(weights=model_weights(model), step=step).read(checkpoint)
-  status.expect_partial().assert_existing_objects_matched()
-  info["step"] = int(step.numpy())
-  info["checkpoint"] = checkpoint
-  return model, info
-
-
 def _sample_grid(images, references, samples):
   """A `[1, B*H, (1+R+M)*W, 1]` grid: image channel 0, references, samples (one row per image)."""
   rows = []
@@ -292,9 +235,9 @@ def _format_eta(seconds):
 
 def _check_resume(config, record):
   """A run in `model_dir` resumes only with the same model and input shape."""
-  path = os.path.join(config.model_dir, MODEL_CONFIG_FILE)
+  path = os.path.join(config.model_dir, run_dir.MODEL_CONFIG_FILE)
   if not (os.path.exists(path) and tf.train.latest_checkpoint(
-      os.path.join(config.model_dir, CHECKPOINT_DIR))):
+      os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR))):
     return
   with open(path) as f:
     saved = json.load(f)
@@ -356,9 +299,10 @@ def run(config, log=print):
   try:
     if chief:
       os.makedirs(config.model_dir, exist_ok=True)
-      atomic_write(os.path.join(config.model_dir, FLAGS_FILE), config_to_flags(config))
-      atomic_write(os.path.join(config.model_dir, MODEL_CONFIG_FILE),
-                   json.dumps(record, indent=2))
+      run_dir.atomic_write(os.path.join(config.model_dir, run_dir.FLAGS_FILE),
+                           config_to_flags(config))
+      run_dir.atomic_write(os.path.join(config.model_dir, run_dir.MODEL_CONFIG_FILE),
+                           json.dumps(record, indent=2))
     return _train(config, strategy, builder, spec, kwargs, train_ds, val_ds, grid_batch,
                   write_dir, chief, log)
   finally:
@@ -381,13 +325,13 @@ def _train(config, strategy, builder, spec, kwargs, train_ds, val_ds, grid_batch
   # cannot be); `distribute_batch` hands each replica its rows.
   iterator = iter(train_ds)
   # The training step is the optimizer's own counter; it is also saved under `step` so that
-  # `load_model` can read it without rebuilding an optimizer.
+  # `run_dir.load_model` can read it without rebuilding an optimizer.
   step = optimizer.iterations
-  checkpoint = tf.train.Checkpoint(weights=model_weights(model), optimizer=optimizer, step=step,
-                                  iterator=iterator)
+  checkpoint = tf.train.Checkpoint(weights=run_dir.model_weights(model), optimizer=optimizer,
+                                   step=step, iterator=iterator)
   manager = tf.train.CheckpointManager(
-      checkpoint, os.path.join(write_dir, CHECKPOINT_DIR), config.keep_checkpoints)
-  latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, CHECKPOINT_DIR))
+      checkpoint, os.path.join(write_dir, run_dir.CHECKPOINT_DIR), config.keep_checkpoints)
+  latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR))
   if latest:
     checkpoint.restore(latest).assert_existing_objects_matched()
     log(f"Restored {latest} at step {int(step.numpy())}.")
@@ -418,7 +362,7 @@ def _train(config, strategy, builder, spec, kwargs, train_ds, val_ds, grid_batch
     while current < config.train_steps:
       terms = {k: float(v) for k, v in train_step(iterator).items()}
       current = int(step.numpy())
-      check_finite(terms, current, os.path.join(config.model_dir, CHECKPOINT_DIR))
+      check_finite(terms, current, os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR))
       pending.append(terms)
       last = current == config.train_steps
       if current % config.summary_every == 0 or current % config.log_every == 0 or last:
