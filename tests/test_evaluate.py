@@ -6,6 +6,7 @@ import pytest
 from tf_prob_unet import evaluate_lib
 from tf_prob_unet import input_pipeline
 from tf_prob_unet import metrics
+from tf_prob_unet import plots
 
 FLIPS = ((1, 3, 0.4), (2, 4, 0.3))
 
@@ -124,3 +125,15 @@ def test_summary_names_the_split():
   assert "scored on the validation split of synthetic_ambiguous/lidc_like" in text
   assert "synthetic_ambiguous/lidc_like:validation" in evaluate_lib.report_markdown(
       {"run": result}, (1, 4))
+
+
+def test_reliability_and_flip_rate_figures(tmp_path):
+  spec, data = _flips_split(np.random.default_rng(3))
+  result = evaluate_lib.score(data, spec, (1, 4))
+  assert set(result["flip_rates"]) == {"a", "b"}  # named by the single-flip modes
+  reliability = plots.reliability_diagram(str(tmp_path / "r.png"), {"run": result["reliability"]})
+  flips = plots.flip_rates(str(tmp_path / "f.png"), {"run": result["flip_rates"]})
+  modes = plots.mode_frequencies(str(tmp_path / "m.png"), result["mode_freq_true"],
+                                 {"run": result["mode_freq_sampled"]["4"]}, result["mode_names"])
+  for path in (reliability, flips, modes):
+    assert (tmp_path / path).stat().st_size > 1000

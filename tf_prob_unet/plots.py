@@ -111,14 +111,19 @@ def mode_frequencies(path, freq_true, freq_sampled, mode_names=None):
   m = len(freq_true)
   names = list(mode_names) if mode_names is not None and len(mode_names) == m else \
       [str(i) for i in range(m)]
-  series = {"true": freq_true, **freq_sampled}
+  return _grouped_bars(path, names, {"true": freq_true, **freq_sampled}, "frequency")
+
+
+def _grouped_bars(path, names, series, ylabel, width_per_bar=0.45):
+  """One group of bars per name, one bar per series (`{label: [len(names)] values}`)."""
+  m = len(names)
   width = 0.8 / len(series)
-  fig, ax = plt.subplots(figsize=(max(4, 0.45 * m * len(series)), 3.2))
-  for k, (label, freq) in enumerate(series.items()):
-    ax.bar(np.arange(m) + (k - (len(series) - 1) / 2) * width, freq, width, label=label)
+  fig, ax = plt.subplots(figsize=(max(4, width_per_bar * m * len(series)), 3.2))
+  for k, (label, values) in enumerate(series.items()):
+    ax.bar(np.arange(m) + (k - (len(series) - 1) / 2) * width, values, width, label=label)
   ax.set_xticks(np.arange(m))
   ax.set_xticklabels(names, rotation=45 if m > 6 else 0, fontsize=7, ha="right" if m > 6 else "center")
-  ax.set_ylabel("frequency")
+  ax.set_ylabel(ylabel)
   ax.legend(fontsize=7)
   return _save(fig, path)
 
@@ -156,13 +161,4 @@ def flip_rates(path, rates):
   names = list(next(iter(rates.values())))
   series = {"true": [next(iter(rates.values()))[n]["true"] for n in names]}
   series.update({label: [r[n]["sampled"] for n in names] for label, r in rates.items()})
-  width = 0.8 / len(series)
-  fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(names) * len(series)), 3.2))
-  for k, (label, values) in enumerate(series.items()):
-    ax.bar(np.arange(len(names)) + (k - (len(series) - 1) / 2) * width, values, width,
-           label=label)
-  ax.set_xticks(np.arange(len(names)))
-  ax.set_xticklabels(names, fontsize=7)
-  ax.set_ylabel("flip frequency")
-  ax.legend(fontsize=7)
-  return _save(fig, path)
+  return _grouped_bars(path, names, series, "flip frequency", width_per_bar=0.6)
