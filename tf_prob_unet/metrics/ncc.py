@@ -43,7 +43,8 @@ def s_ncc(probabilities, references, reference_weights=None, *, num_classes, eps
     reference_weights: `[B, R]` (or `[R]`) non-negative weights with rows summing to 1; None
       gives uniform `1/R`. Zero-weight references are padding.
     num_classes: number of classes K.
-    eps: the constant inside the logarithm (PHiSeg: 1e-8).
+    eps: the constant inside the logarithm (PHiSeg: 1e-8); the logarithms are taken in the
+      precision of `probabilities`, the sums in float64.
     ignore_index: optional void label; pixels where any (non-zero-weight) reference equals it
       are excluded from the correlation.
     num_samples: optional sample counts `n`: score the first `n` samples for each `n` in one
@@ -90,16 +91,17 @@ def s_ncc(probabilities, references, reference_weights=None, *, num_classes, eps
     else:
       valid = valid_all[b].reshape(pixels, 1)
       y = np.where(valid, y, 0)
+    flat = np.arange(pixels)[:, None] * num_classes + y  # flat indices into [P, K]
     sum_p = np.zeros((pixels, num_classes))
     sum_log = np.zeros((pixels, num_classes))
     for i in range(max(counts)):  # one sample at a time: no [S, P, K] float64 buffer
       sum_p += p[i]
-      sum_log += np.log(p[i].astype(np.float64) + eps)
+      sum_log += np.log(p[i] + p.dtype.type(eps))  # in the probabilities' precision
       if i + 1 not in counts:
         continue
       mean_log = sum_log / (i + 1)
       e_ss = -np.einsum("pc,pc->p", sum_p / (i + 1), mean_log)
-      e_sy = -np.take_along_axis(mean_log, y, axis=1)  # [P, R]
+      e_sy = -np.take(mean_log, flat)  # [P, R]: mean_log[p, y_j(p)]
       out[str(i + 1)][b] = _mean_pearson(e_ss[None, :, None], e_sy[None], valid[None],
                                          w[b:b + 1])[0]
   return out if num_samples is not None else out[str(s)]
@@ -196,16 +198,17 @@ def _mean_pearson(a, b, valid, weights):
   mean with the weights renormalised over the rest; the mean is NaN if no weight is left.
   """
   w = valid.astype(np.float64)
+  wt = np.swapaxes(w, 1, 2)  # [n, 1, P]: sums over pixels are matrix-vector products
   count = np.maximum(w.sum(axis=1), 1.0)  # [n, 1]
-  ma = np.einsum("npk,npk->nk", a, w) / count
-  mb = np.einsum("npr,npk->nr", b, w) / count
+  ma = (wt @ a)[:, 0] / count  # [n, 1]
+  mb = (wt @ b)[:, 0] / count  # [n, R]
   da = (a - ma[:, None, :]) * w
   db = b - mb[:, None, :]
-  va = np.einsum("npk,npk->nk", da, da)
-  vb = np.einsum("npr,npr,npk->nr", db, db, w)
-  cov = np.einsum("npr,npk->nr", db, da)
-  sq_a = np.einsum("npk,npk,npk->nk", a, a, w)
-  sq_b = np.einsum("npr,npr,npk->nr", b, b, w)
+  va = (np.swapaxes(da, 1, 2) @ da)[:, 0]  # [n, 1]
+  vb = (wt @ (db * db))[:, 0]  # [n, R]
+  cov = (np.swapaxes(da, 1, 2) @ db)[:, 0]  # [n, R]
+  sq_a = va + count * ma * ma  # the mean squares, for the zero-variance test
+  sq_b = vb + count * mb * mb
   ok = (va > 1e-24 * sq_a) & (vb > 1e-24 * sq_b)
   ncc = np.divide(cov, np.sqrt(va * vb), out=np.full(cov.shape, np.nan), where=ok)
   finite = ~np.isnan(ncc)
