@@ -26,6 +26,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from tf_prob_unet import augment as augmentation
+
 REPO_DATASETS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                  "datasets")
 DATASETS_DIR_ENV = "TF_PROB_UNET_DATASETS_DIR"
@@ -308,11 +310,14 @@ def flip_modes(label, flips):
   return modes, tf.constant(probs, tf.float32)
 
 
-def train_dataset(builder, spec, batch_size, seed=0, split="train", shuffle_buffer=1024):
+def train_dataset(builder, spec, batch_size, seed=0, split="train", shuffle_buffer=1024,
+                  augment=False):
   """An endless, seeded training pipeline of `(images [B, H, W, C], labels [B, H, W] int32)`.
 
   Each example's random choices (which grader, which flips) come from a stateless RNG keyed by
   `(seed, position in the stream)`, so the stream is the same on every run with the same seed.
+  With `augment`, image, cue and label(s) are augmented together before the grader draw and the
+  flips (`augment.augment_example`), keyed by `(seed, example id, training step)`.
 
   Args:
     builder: a prepared TFDS builder.
@@ -321,7 +326,10 @@ def train_dataset(builder, spec, batch_size, seed=0, split="train", shuffle_buff
     seed: seed of the shuffling and of the per-example draws.
     split: TFDS split.
     shuffle_buffer: examples in the shuffle buffer.
+    augment: False, True (the reference's Cityscapes augmentation, `augment.REFERENCE`) or an
+      `augment.AugmentConfig`.
   """
+  augment_config = augmentation.REFERENCE if augment is True else augment or None
   read_config = tfds.ReadConfig(shuffle_seed=seed)
   ds = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config)
   keep = ["id", "image", "masks"] if spec.kind == "graders" else ["id", "image", "label"] + (
@@ -333,6 +341,9 @@ def train_dataset(builder, spec, batch_size, seed=0, split="train", shuffle_buff
 
   def draw(index, ex):
     key = tf.stack([tf.cast(seed, tf.int64), index])
+    if augment_config is not None:  # Keyed by the example and the step it is drawn for.
+      ex = augmentation.augment_example(ex, augmentation.example_key(
+          seed, ex.get("id", index), index // batch_size), augment_config)
     image = model_inputs(ex, spec)
     if spec.kind == "graders":
       num = tf.shape(ex["masks"])[0]

@@ -58,6 +58,8 @@ _HELP = {
     "eval_every": "Steps between validation terms and sample grids.",
     "eval_batches": "Validation batches (of 4) per evaluation.",
     "shuffle_buffer": "Examples in the shuffle buffer.",
+    "augment": "Augment the training examples as the reference's Cityscapes pipeline: mirror, "
+               "elastic deformation, rotation, scaling, crop, gamma (docs/training.md).",
     "debug_nan_step": "Testing only: make the images of this 1-based step NaN, to exercise the "
                       "non-finite guard, which names the loss terms or the gradient norm that "
                       "became non-finite (0: off).",

@@ -66,6 +66,7 @@ class TrainConfig:
   eval_every: int = 500
   eval_batches: int = 4
   shuffle_buffer: int = 1024
+  augment: bool = False
   # Testing only: turn the images of this (1-based) step into NaN (0: never).
   debug_nan_step: int = 0
 
@@ -285,7 +286,8 @@ def run(config, log=print):
 
   keras.utils.set_random_seed(config.seed)
   train_ds = input_pipeline.train_dataset(builder, spec, config.batch_size, config.seed,
-                                          shuffle_buffer=config.shuffle_buffer)
+                                          shuffle_buffer=config.shuffle_buffer,
+                                          augment=config.augment)
   val_ds = input_pipeline.eval_dataset(builder, spec, 4, split="validation",
                                        limit=max(config.eval_batches, 1) * 4)
   # Bad records and labels fail here, before anything is written.

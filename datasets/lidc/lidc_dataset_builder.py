@@ -4,6 +4,10 @@ One builder config per layout, one reader module per config (`<config>_reader.py
 `DESCRIPTION`, `MANUAL_INSTRUCTIONS` and `split_generators(manual_dir)`); all produce the same
 features (see `lidc_common`). Build with
 `tfds build datasets/lidc --config=slices --manual_dir=DIR --data_dir=OUT`.
+
+The layouts without a split of their own are split by `lidc_common.patient_split`; what that gave
+on the real data is on record in `splits/` and every build is checked against it
+(`split_record`).
 """
 
 import dataclasses
@@ -16,6 +20,7 @@ from . import lidc_common
 from . import pickle_reader
 from . import raw_reader
 from . import slices_reader
+from . import split_record
 
 # Config name -> reader module. A new layout is one reader module and one entry here.
 READERS = {
@@ -127,7 +132,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       return {split: _beam_cropped(transform, split, config.image_size)
               for split, transform in generators.items()}
     generators = READERS[config.reader].split_generators(str(dl_manager.manual_dir))
-    return {split: _cropped(examples, config.image_size) for split, examples in generators.items()}
+    # Each split is checked against the recorded split of its layout before it is finalised.
+    return {split: split_record.counted(_cropped(examples, config.image_size), config.reader,
+                                        split)
+            for split, examples in generators.items()}
 
   def _generate_examples(self):
     raise NotImplementedError("The readers' split_generators yield the examples.")

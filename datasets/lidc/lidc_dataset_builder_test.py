@@ -33,10 +33,11 @@ def _modules(tmp_path_factory=None):
   package = module.__name__.rpartition(".")[0]
   readers = {n: importlib.import_module(f"{package}.{n}_reader")
              for n in ("slices", "deepmind", "pickle")}
-  return module, importlib.import_module(f"{package}.lidc_common"), readers
+  return (module, importlib.import_module(f"{package}.lidc_common"), readers,
+          importlib.import_module(f"{package}.split_record"))
 
 
-BUILDER_MODULE, COMMON, READERS = _modules()
+BUILDER_MODULE, COMMON, READERS, RECORD = _modules()
 
 
 def _patients_covering_splits(per_split=2):
@@ -327,6 +328,97 @@ def test_manual_instructions_name_every_layout():
       "slices", "deepmind", "pickle", "slices_64", "raw"]
 
 
+# ----------------------------------------------------------------------------- split record
+
+
+def _truth_counts(truth):
+  counts = {s: {} for s in COMMON.SPLITS}
+  for key, (split, _, _) in truth.items():
+    patient = key.split("/")[0]
+    counts[split][patient] = counts[split].get(patient, 0) + 1
+  return counts
+
+
+@pytest.mark.skipif(not os.path.isfile(SHARED_ZIP), reason=f"no shared zip at {SHARED_ZIP}")
+def test_slices_record_is_the_split_rule_applied_to_the_shared_zip():
+  with zipfile.ZipFile(SHARED_ZIP) as z:
+    patients = READERS["slices"].index_images(z.namelist(), SHARED_ZIP)
+  expected = {s: {} for s in COMMON.SPLITS}
+  for patient, images in patients.items():
+    expected[COMMON.patient_split(patient)][patient] = len(images)
+  assert RECORD.read_record("slices") == expected
+  assert [len(expected[s]) for s in COMMON.SPLITS] == [579, 125, 119]
+  assert [sum(expected[s].values()) for s in COMMON.SPLITS] == [10377, 2078, 2145]
+
+
+def test_layouts_without_a_record_are_not_checked(tmp_path):
+  assert RECORD.read_record("pickle", str(tmp_path)) is None
+  assert RECORD.check_split("pickle", "train", {"LIDC-IDRI-0001": 3}, str(tmp_path)) is None
+
+
+def test_splits_are_checked_against_the_record(tmp_path):
+  truth = write_slices(tmp_path / "manual", np.random.default_rng(6), as_zip=True)
+  counts = _truth_counts(truth)
+  record_dir = str(tmp_path / "record")
+  RECORD.write_record("slices", counts, "the test's dummy data", record_dir)
+  assert RECORD.read_record("slices", record_dir) == counts
+
+  def check(record_counts):
+    RECORD.write_record("slices", record_counts, "edited", record_dir)
+    return {split: RECORD.check_split("slices", split, counts[split], record_dir)
+            for split in COMMON.SPLITS}
+
+  assert check(counts) == {s: True for s in COMMON.SPLITS}
+  # Other data (the record has one more patient): only the recorded patients' splits count.
+  extra = {s: dict(v) for s, v in counts.items()}
+  extra["train"]["LIDC-IDRI-9999"] = 5
+  assert check(extra) == {"train": False, "validation": True, "test": True}
+  # The data matches the record but a patient has another number of examples.
+  patient = sorted(counts["test"])[0]
+  fewer = {s: dict(v) for s, v in counts.items()}
+  fewer["test"][patient] += 1
+  with pytest.raises(COMMON.LidcError, match=(
+      rf"slices_test.txt: expected the recorded split of lidc/slices \(2 patients, "
+      rf"{sum(fewer['test'].values())} examples in test\), found patient {patient} with "
+      rf"{counts['test'][patient]} examples, recorded {counts['test'][patient] + 1}\.$")):
+    check(fewer)
+  # A patient of the data recorded in another split (the split rule changed).
+  moved = {s: dict(v) for s, v in counts.items()}
+  moved["validation"][patient] = moved["test"].pop(patient)
+  with pytest.raises(COMMON.LidcError, match=rf"found patient {patient} in test, recorded in "
+                     r"validation( \(and \d+ more\))?\.$"):
+    check(moved)
+
+
+def test_builder_stops_on_a_split_that_disagrees_with_the_record(tmp_path, monkeypatch):
+  manual = tmp_path / "manual"
+  truth = write_slices(manual, np.random.default_rng(7), as_zip=True)
+  counts = _truth_counts(truth)
+  patient = sorted(counts["train"])[0]
+  counts["train"][patient] += 2
+  monkeypatch.setattr(RECORD, "RECORD_DIR", str(tmp_path / "record"))
+  RECORD.write_record("slices", counts, "edited")
+  builder = BUILDER_MODULE.Builder(config="slices", data_dir=str(tmp_path / "data"))
+  with pytest.raises(COMMON.LidcError, match=rf"slices_train.txt: .* found patient {patient} "
+                     rf"with {counts['train'][patient] - 2} examples"):
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+  assert not os.path.exists(os.path.join(builder.data_dir, "dataset_info.json"))
+
+
+def test_record_files_are_well_formed_or_named(tmp_path):
+  RECORD.write_record("pickle", {"train": {"LIDC-IDRI-0001": 2}}, "test", str(tmp_path))
+  path = tmp_path / "pickle_validation.txt"
+  path.write_text(path.read_text() + "LIDC-IDRI-0002 two\n")
+  with pytest.raises(COMMON.LidcError, match=r"pickle_validation.txt:\d+: expected "
+                     r"'<patient_id> <examples>' with a new patient, found 'LIDC-IDRI-0002 two'"):
+    RECORD.read_record("pickle", str(tmp_path))
+  path.unlink()
+  with pytest.raises(COMMON.LidcError, match=r"pickle_validation.txt: expected the record of "
+                     r"split 'validation'.*missing"):
+    RECORD.read_record("pickle", str(tmp_path))
+
+
 # ----------------------------------------------------------------------------- integration
 
 
@@ -355,3 +447,6 @@ def test_build_slices_from_shared_zip(tmp_path):
   total = sum(len(v) for v in patients.values())
   for split, share in zip(COMMON.SPLITS, COMMON.SPLIT_PERCENT):
     assert abs(len(patients[split]) / total - share / 100) < 0.05
+  # The prepared dataset is the recorded one, patient by patient.
+  assert RECORD.check_prepared(builder) == {s: True for s in COMMON.SPLITS}
+  assert RECORD.observed_counts(builder) == RECORD.read_record("slices")
