@@ -46,14 +46,16 @@ def fake_batches(images, batch, seed=0):
 
 def child(images, batch):
   from bench.ged import CITY_CLASSES, CITY_FLIPS  # pylint: disable=g-import-not-at-top
-  from tf_prob_unet import evaluate_lib, input_pipeline, models  # pylint: disable=g-import-not-at-top
+  from tf_prob_unet import evaluate_lib  # pylint: disable=g-import-not-at-top
+  from tf_prob_unet import input_pipeline  # pylint: disable=g-import-not-at-top
+  from tf_prob_unet import models  # pylint: disable=g-import-not-at-top
   spec = input_pipeline.DatasetSpec(
       kind="flips", num_classes=24, image_shape=(HEIGHT, WIDTH, 3), has_modes=True,
       flips=CITY_FLIPS, num_base_classes=19, class_ids=tuple(CITY_CLASSES),
       mode_names=tuple(str(m) for m in range(32)))
   model = models.get_model_class("prob_unet")(num_classes=24, channels=(4, 8),
                                               convs_per_block=1)
-  model(input_pipeline_zeros(batch))  # build
+  model(_zero_images(batch))  # build
   start = time.time()
   result, _ = evaluate_lib.evaluate_model(model, fake_batches(images, batch), spec, COUNTS)
   seconds = time.time() - start
@@ -62,7 +64,8 @@ def child(images, batch):
                     "s_per_image": seconds / images, "ged16": result["ged"]["16"]}))
 
 
-def input_pipeline_zeros(batch):
+def _zero_images(batch):
+  """A batch of blank images, to build the model."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   return np.zeros((batch, HEIGHT, WIDTH, 3), np.float32)
 

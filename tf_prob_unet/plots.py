@@ -122,7 +122,8 @@ def _grouped_bars(path, names, series, ylabel, width_per_bar=0.45):
   for k, (label, values) in enumerate(series.items()):
     ax.bar(np.arange(m) + (k - (len(series) - 1) / 2) * width, values, width, label=label)
   ax.set_xticks(np.arange(m))
-  ax.set_xticklabels(names, rotation=45 if m > 6 else 0, fontsize=7, ha="right" if m > 6 else "center")
+  ax.set_xticklabels(names, rotation=45 if m > 6 else 0, fontsize=7,
+                     ha="right" if m > 6 else "center")
   ax.set_ylabel(ylabel)
   ax.legend(fontsize=7)
   return _save(fig, path)

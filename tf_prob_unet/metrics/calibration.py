@@ -85,7 +85,10 @@ def reliability_diagram(counts):
   """
   counts = np.asarray(counts, np.float64)
   bins = len(counts)
-  mean = lambda k: [float(v / n) if n else None for v, n in zip(counts[:, k], counts[:, 0])]  # noqa: E731
+
+  def mean(k):
+    return [float(v / n) if n else None for v, n in zip(counts[:, k], counts[:, 0])]
+
   return {"bin_edges": np.linspace(0.0, 1.0, bins + 1).tolist(),
           "count": [int(n) for n in counts[:, 0]], "predicted": mean(1), "observed": mean(2),
           "ece": expected_calibration_error(counts)}
