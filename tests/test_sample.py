@@ -102,3 +102,15 @@ def test_sample_run_works_for_a_deterministic_baseline(tmp_path):
   for path in out[0]["masks"]:
     np.testing.assert_array_equal(np.asarray(Image.open(path)), expected)
   np.testing.assert_array_equal(np.load(out[0]["uncertainty_npy"]), 0.0)  # all samples agree
+
+
+def test_sample_run_rejects_an_image_of_another_size_in_one_line(tmp_path):
+  model_dir, _ = write_model_dir(tmp_path / "unet", "unet", num_classes=2,
+                                 channels=TINY_CHANNELS, convs_per_block=1)
+  Image.fromarray(np.zeros((40, 32), np.uint8)).save(tmp_path / "big.png")
+  with pytest.raises(ValueError, match=r"--image: the model takes 32x32 images .* found 40x32 "
+                                       r"in .*big\.png"):
+    sample_lib.run(sample_lib.SampleConfig(
+        model_dir=model_dir, image=(str(tmp_path / "big.png"),), num_samples=1,
+        output_dir=str(tmp_path / "out")), log=lambda *_: None)
+  assert not (tmp_path / "out").exists()

@@ -145,12 +145,16 @@ class Scorer:
     self.flip_counts = None
     self.reliability = np.zeros((RELIABILITY_BINS, 3))
     self.kept = {}
+    self.num_raters = None
 
   def _add(self, name, values, key=""):
     self.per_image.setdefault(name, {}).setdefault(key, []).extend(np.asarray(values).tolist())
 
   def update(self, batch):
-    """Scores one batch (a dict as `sample_batches` yields, or the whole split at once)."""
+    """Scores one batch (a dict as `sample_batches` yields, or the whole split at once).
+
+    Without `probabilities` (label maps only) `ncc` is left out.
+    """
     spec, kw, counts = self.spec, self.kw, self.counts
     samples = batch["samples"]
     batch_size, s = samples.shape[:2]
@@ -174,7 +178,7 @@ class Scorer:
     d_yy = d[:, y][:, :, y]
     ncc = metrics.s_ncc(batch["probabilities"], graders, g_w, num_classes=spec.num_classes,
                         ignore_index=kw["ignore_index"], num_samples=[n for n in counts if n >= 2]
-                        ) if counts[-1] >= 2 else {}
+                        ) if counts[-1] >= 2 and "probabilities" in batch else {}
     for n in counts:
       key = str(n)
       ged = metrics.ged_from_distances(d[:, :n][:, :, y], d[:, :n, :n], d_yy, gt_w)[0]
@@ -182,7 +186,12 @@ class Scorer:
       self._add("hm_iou", metrics.matched_iou_from_distances(d[:, :n][:, :, g], g_w), key)
       if n >= 2:
         self._add("diversity", metrics.diversity_from_distances(d[:, :n, :n]), key)
+      if key in ncc:
         self._add("ncc", ncc[key], key)
+      if spec.kind == "graders" and spec.num_classes == 2:  # QUBIQ: binary multi-rater tasks
+        self._add("qubiq_dice", metrics.qubiq_dice(samples[:, :n], graders), key)
+    if spec.kind == "graders":
+      self.num_raters = int(graders.shape[1])
     self._add("ged_mean_prediction", metrics.ged_from_distances(
         d[:, mean:mean + 1][:, :, y], d[:, mean:mean + 1, mean:mean + 1], d_yy, gt_w)[0])
     pool = np.concatenate([np.arange(s), y])
@@ -225,6 +234,10 @@ class Scorer:
                                      for k, v in per["ged"].items()},
               "per_image": {"ged": {k: _finite_list(v) for k, v in per["ged"].items()},
                             "hm_iou": {k: _finite_list(v) for k, v in per["hm_iou"].items()}}}
+    if spec.kind == "graders":  # R from the data
+      result["num_raters"] = self.num_raters
+      if spec.num_classes == 2:
+        result["qubiq_dice"] = mean("qubiq_dice")
     result["ged_mean_prediction"] = _nanmean(per["ged_mean_prediction"][""])
     result["ged_resampled"] = mean("ged_resampled")
     has_modes = bool(self.mode_partials)
@@ -278,6 +291,8 @@ def _conventions(has_modes, kw, counts, spec):
              f"against the frequency over the GED references (weighted), "
              f"{RELIABILITY_BINS} bins",
       "ged_mean_prediction": "the prior-mean prediction as one deterministic sample",
+      "qubiq_dice": "binary graders: mean over t = 0.1..0.9 of Dice(mean of the n sample masks "
+                    "> t, mean of the R rater masks > t); two empty masks give Dice 1",
       "ged_resampled": "n draws with replacement from the model's largest sample set (a fixed "
                        "set of heads or members used as a sampler)",
       "ged_ideal": "where modes are known: GED of n iid draws from the true modes ('iid', "

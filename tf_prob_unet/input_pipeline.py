@@ -90,11 +90,16 @@ def get_builder(dataset, data_dir=None, prepare=True):
   """
   name = dataset.split("/")[0]
   module = _local_builder_module(name)
-  if module is None and name not in tfds.list_builders():
+  # A dataset prepared without code of its own (e.g. by `import_data`) is read from its files.
+  imported = os.path.isdir(os.path.join(os.path.expanduser(
+      data_dir or tfds.core.constants.DATA_DIR), name))
+  if module is None and not imported and name not in tfds.list_builders():
     local = sorted(d for d in os.listdir(REPO_DATASETS_DIR)
                    if os.path.isdir(os.path.join(REPO_DATASETS_DIR, d)))
-    raise ValueError(f"--dataset: no builder named {name!r}; this repository has {local} "
-                     f"(or any TFDS dataset name).")
+    raise ValueError(f"--dataset: no builder named {name!r} and no prepared dataset "
+                     f"{name!r} in {data_dir or tfds.core.constants.DATA_DIR}; this repository "
+                     f"has {local} (or any TFDS dataset name, or a name imported with "
+                     f"import_data).")
   try:
     builder = tfds.builder(dataset, data_dir=data_dir)
   except (tfds.core.registered.DatasetNotFoundError, ValueError) as e:

@@ -155,6 +155,12 @@ def run(config, log=print):
     sampler = saved_model_sampler(tf.saved_model.load(config.saved_model), info["latent_dim"])
     num_classes = info["num_classes"]
   images = [load_image(p, channels, config.ct_window) for p in config.image]
+  size = tuple(int(v) for v in info["input_shape"][:2])
+  for path, image in zip(config.image, images):
+    if image.shape[:2] != size:
+      raise ValueError(f"--image: the model takes {size[0]}x{size[1]} images (its dataset's "
+                       f"size), found {image.shape[0]}x{image.shape[1]} in {path!r}; resize "
+                       f"the image first.")
   results = []
   for index, (path, image, name) in enumerate(zip(config.image, images,
                                                   _output_names(config.image))):

@@ -140,7 +140,8 @@ def make_example(image, masks, patient_id, lesion_id, slice_id, example_id, name
     raise LidcError(f"{name}: expected a uint8 {IMAGE_SIZE}x{IMAGE_SIZE} image, found "
                     f"{image.dtype} {'x'.join(map(str, image.shape))}.")
   if len(masks) != NUM_READERS:
-    raise LidcError(f"{name}: expected {NUM_READERS} reader masks, found {len(masks)}.")
+    raise LidcError(f"{name}: expected {NUM_READERS} reader masks, found {len(masks)} (data "
+                    f"with another number of raters: `python -m tf_prob_unet.import_data`).")
   stacked = []
   for k, mask in enumerate(masks):
     mask = np.asarray(mask)

@@ -7,10 +7,11 @@ vectorised over masks and pixels; work is done in chunks of images to bound memo
 
 Modules: `distance` (validation and the `1 - IoU` distance core, `iou_distance_matrix`,
 `pairwise_distances`), `ged` (GED, sample diversity, ideal and resampled GED), `matching` (HM-IoU),
-`ncc` (S_NCC), `modes` (mode statistics, pixel flip rates) and `calibration` (reliability diagram,
-ECE). Every public name is re-exported here, so `from tf_prob_unet import metrics;
-metrics.ged(...)` works. The `*_from_distances`, `*_partial` and `*_counts` forms let a caller
-compute the distances of a batch once and sum a split's statistics batch by batch.
+`ncc` (S_NCC), `modes` (mode statistics, pixel flip rates), `calibration` (reliability diagram,
+ECE) and `qubiq` (the QUBIQ score). Every public name is re-exported here, so
+`from tf_prob_unet import metrics; metrics.ged(...)` works. The `*_from_distances`, `*_partial`
+and `*_counts` forms let a caller compute the distances of a batch once and sum a split's
+statistics batch by batch.
 
 Conventions (the README points here):
 
@@ -116,6 +117,8 @@ from tf_prob_unet.metrics.modes import pixel_flip_rates
 from tf_prob_unet.metrics.modes import reduce_mode_statistics
 from tf_prob_unet.metrics.ncc import s_ncc
 from tf_prob_unet.metrics.ncc import s_ncc_labels
+from tf_prob_unet.metrics.qubiq import QUBIQ_THRESHOLDS
+from tf_prob_unet.metrics.qubiq import qubiq_dice
 
 __all__ = [
     "expected_calibration_error",
@@ -144,4 +147,6 @@ __all__ = [
     "reduce_mode_statistics",
     "s_ncc",
     "s_ncc_labels",
+    "qubiq_dice",
+    "QUBIQ_THRESHOLDS",
 ]
