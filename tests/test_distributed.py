@@ -127,23 +127,25 @@ def test_injected_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path
 # --- one device vs two (MirroredStrategy) ------------------------------------------------------
 
 
-def _child_mirrored(root):
+def _child_mirrored(root, **kw):
   """Runs in a fresh process: two logical CPUs, the default and the mirrored strategy."""
   cpu = tf.config.list_physical_devices("CPU")[0]
   tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
   out = {}
   for strategy in ("default", "mirrored"):
     lines = []
-    result = train_lib.run(_config(root, name=strategy, strategy=strategy), log=lines.append)
+    result = train_lib.run(_config(root, name=strategy, strategy=strategy, **kw),
+                           log=lines.append)
     replicas = re.search(r"on (\d+) replica", lines[0]).group(1)
     out[strategy] = {"losses": _losses("\n".join(lines)), "replicas": int(replicas),
                      "step": result["step"]}
   print(json.dumps(out))
 
 
-@pytest.mark.slow
-def test_mirrored_on_two_devices_matches_one_device(tmp_path):
-  proc = subprocess.run([sys.executable, __file__, "mirrored", str(tmp_path)], env=_env(),
+def _mirrored_matches_one_device(tmp_path, mode):
+  """Runs `_child_mirrored` (`mode`: the script's argument), checks that one device and two
+  replicas logged the same losses and saved the same weights; returns the one-device weights."""
+  proc = subprocess.run([sys.executable, __file__, mode, str(tmp_path)], env=_env(),
                         capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -156,11 +158,39 @@ def test_mirrored_on_two_devices_matches_one_device(tmp_path):
   single, _ = _weights(str(tmp_path / "default"))
   mirrored, _ = _weights(str(tmp_path / "mirrored"))
   _assert_same_weights(mirrored, single, atol=2e-5)
+  return single, mirrored
+
+
+@pytest.mark.slow
+def test_mirrored_on_two_devices_matches_one_device(tmp_path):
+  single, _ = _mirrored_matches_one_device(tmp_path, "mirrored")
   # The tolerance is meaningful: two steps of training move the weights far more than that.
   earlier, _ = run_dir.load_model(str(tmp_path / "default"), checkpoint=str(
       tmp_path / "default" / "checkpoints" / "ckpt-2"))
   assert _max_change(single, {k: v.numpy() for k, v in
                               run_dir.model_weights(earlier).items()}) > 1e-3
+
+
+@pytest.mark.slow
+def test_geco_on_two_devices_matches_one_device(tmp_path):
+  """GECO's top-k is taken over the global batch: the replicas gather their scores, take the
+  global top k and keep their own rows, so two replicas select the pixels one device selects
+  (each example's Gumbel noise comes from its own seed); the EMA and the selected count are of
+  the global batch, so lambda, C and the EMA agree too."""
+  proc = subprocess.run([sys.executable, __file__, "top_k"], env=_env(), capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  selected = json.loads(proc.stdout.strip().splitlines()[-1])
+  # Both replicas hold selected pixels, in unequal numbers (a per-replica top-k would give each
+  # exactly k / 2), and together exactly the one-device selection.
+  assert selected["same"] and selected["k"] == sum(selected["per_replica"])
+  assert min(selected["per_replica"]) > 0 and len(set(selected["per_replica"])) == 2
+  single, mirrored = _mirrored_matches_one_device(tmp_path, "mirrored_geco")
+  assert {"geco/multiplier_v", "geco/rec_ema", "geco/ema_initialized"} <= single.keys()
+  np.testing.assert_allclose(mirrored["geco/rec_ema"], single["geco/rec_ema"], rtol=1e-5)
+  # lambda moved (so agreeing is not trivial) and the EMA holds a real reconstruction value.
+  assert abs(float(single["geco/multiplier_v"]) - float(np.log(np.e - 1))) > 1e-3
+  assert float(single["geco/rec_ema"]) > 0
 
 
 # --- two workers (MultiWorkerMirroredStrategy) --------------------------------------------------
@@ -373,6 +403,32 @@ def test_bad_inputs_through_the_binaries_fail_in_one_line_and_write_nothing(tmp_
   assert _tree(trained.model_dir) == before  # the existing run: not a byte changed
 
 
+def _child_top_k():
+  """Runs in a fresh process: GECO's top-k on one device and split over two replicas."""
+  from tf_prob_unet import objectives  # pylint: disable=import-outside-toplevel
+  cpu = tf.config.list_physical_devices("CPU")[0]
+  tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+  rng = np.random.default_rng(0)
+  ce = tf.constant(rng.exponential(size=(4, 8, 8)) * np.array([1, 1, 3, 3])[:, None, None],
+                   tf.float32)
+  valid = tf.constant(rng.random((4, 8, 8)) > 0.1, tf.float32)
+  seeds = tf.constant([[5, i] for i in range(4)], tf.int64)
+  args = (ce, valid, seeds)
+  one = objectives.top_k_mask(ce, valid, 0.1, "stochastic", seeds).numpy()
+  strategy = tf.distribute.MirroredStrategy()
+  parts = strategy.run(
+      tf.function(lambda c, v, s: objectives.top_k_mask(c, v, 0.1, "stochastic", s)),
+      args=train_lib.distribute_batch(strategy, args))
+  two = np.concatenate([p.numpy() for p in strategy.experimental_local_results(parts)])
+  print(json.dumps({"same": bool((one == two).all()), "k": int(one.sum()),
+                    "per_replica": [int(two[:2].sum()), int(two[2:].sum())]}))
+
+
 if __name__ == "__main__":
   if sys.argv[1] == "mirrored":
     _child_mirrored(sys.argv[2])
+  elif sys.argv[1] == "top_k":
+    _child_top_k()
+  elif sys.argv[1] == "mirrored_geco":
+    # 5% of a 4-image 32x32 batch: 204 pixels, split unevenly between the replicas.
+    _child_mirrored(sys.argv[2], objective="geco", top_k_percentage=0.05)

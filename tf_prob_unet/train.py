@@ -39,9 +39,19 @@ _HELP = {
     "num_fcomb_hidden": "Hidden 1x1 convolutions of f_comb; also of the baselines' heads.",
     "upsample_mode": "align_corners (reference) | half_pixel.",
     "log_sigma_bound": "Soft bound on |log sigma| of prior and posterior (0: none).",
-    "beta": "Weight of the KL term.",
+    "beta": "Weight of the KL term (--objective=elbo; GECO weighs the KL by 1).",
     "kl_estimate": "analytic | sampled.",
     "weight_decay": "Reference weight decay: coefficient of sum(w^2)/2 over kernels.",
+    "objective": "Latent models' objective: elbo (rec + beta * KL) | geco (lambda * C + KL, "
+                 "the Hierarchical Probabilistic U-Net release's GECO; beta is not used).",
+    "geco_kappa": "GECO: CE target per top-k selected pixel (release: 0.05).",
+    "geco_decay": "GECO: decay of the moving average of the reconstruction (release: 0.99).",
+    "geco_rate": "GECO: gradient scale of the Lagrange multiplier, negated for ascent "
+                 "(release: 0.01; under Adam only its sign matters).",
+    "top_k": "GECO reconstruction: stochastic (Gumbel top-k, probability grows with the CE) | "
+             "deterministic (the largest CEs) | off (every valid pixel).",
+    "top_k_percentage": "GECO reconstruction: fraction of the batch's pixels selected "
+                        "(release: 0.02).",
     "dropout_rate": "dropout_unet: dropout rate of the innermost blocks (paper: 0.5).",
     "dropout_levels": "dropout_unet: innermost encoder and decoder blocks with dropout (paper: 3).",
     "ensemble_size": "unet_ensemble: K members, one sample each (paper: 4, 8, 16).",

@@ -20,6 +20,7 @@ import tensorflow as tf
 from tf_prob_unet import runtime
 from tf_prob_unet import input_pipeline
 from tf_prob_unet import models
+from tf_prob_unet import objectives
 from tf_prob_unet import run_dir
 
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
@@ -48,6 +49,13 @@ class TrainConfig:
   beta: float = 1.0
   kl_estimate: str = "analytic"
   weight_decay: float = 1e-5
+  # Objective of the latent models: elbo (rec + beta * kl) | geco (objectives.GECO).
+  objective: str = "elbo"
+  geco_kappa: float = 0.05
+  geco_decay: float = 0.99
+  geco_rate: float = 0.01
+  top_k: str = "stochastic"
+  top_k_percentage: float = 0.02
   # Baselines.
   dropout_rate: float = 0.5
   dropout_levels: int = 3
@@ -75,6 +83,25 @@ class TrainConfig:
     if self.strategy not in STRATEGIES:
       raise ValueError(f"--strategy: expected one of {STRATEGIES}, found {self.strategy!r}.")
     models.get_model_class(self.model)
+    if self.objective not in objectives.OBJECTIVES:
+      raise ValueError(f"--objective: expected one of {objectives.OBJECTIVES}, found "
+                       f"{self.objective!r}.")
+    if self.objective != "elbo" and "objective" not in models.filter_kwargs(
+        self.model, {"objective": None}):
+      latent = sorted(n for n in models.MODELS if "objective" in models.filter_kwargs(
+          n, {"objective": None}))
+      raise ValueError(f"--objective: expected elbo for --model={self.model} (GECO trains the "
+                       f"latent models: {', '.join(latent)}), found {self.objective!r}.")
+    if self.top_k not in objectives.TOP_K_MODES:
+      raise ValueError(f"--top_k: expected one of {objectives.TOP_K_MODES}, found "
+                       f"{self.top_k!r}.")
+    if not 0.0 < self.top_k_percentage <= 1.0:
+      raise ValueError(f"--top_k_percentage: expected a fraction in (0, 1], found "
+                       f"{self.top_k_percentage}.")
+    if not 0.0 <= self.geco_decay < 1.0:
+      raise ValueError(f"--geco_decay: expected a value in [0, 1), found {self.geco_decay}.")
+    if self.geco_rate <= 0.0:
+      raise ValueError(f"--geco_rate: expected a positive value, found {self.geco_rate}.")
     for name in ("train_steps", "batch_size", "latent_dim", "convs_per_block"):
       if getattr(self, name) <= 0:
         raise ValueError(f"--{name}: expected a positive integer, found {getattr(self, name)}.")
@@ -211,8 +238,18 @@ def model_kwargs(config, spec):
                 dropout_rate=config.dropout_rate, dropout_levels=config.dropout_levels,
                 ensemble_size=config.ensemble_size,
                 member_batch=config.ensemble_member_batch, num_heads=config.num_heads,
-                epsilon=config.m_heads_epsilon)
+                epsilon=config.m_heads_epsilon, objective=objective_spec(config))
   return models.filter_kwargs(config.model, kwargs)
+
+
+def objective_spec(config):
+  """The latent models' `objective` argument of a config (None: the ELBO)."""
+  if config.objective == "elbo":
+    return None
+  return objectives.normalize({
+      "name": config.objective, "kappa": config.geco_kappa, "decay": config.geco_decay,
+      "rate": config.geco_rate, "top_k": config.top_k,
+      "top_k_percentage": config.top_k_percentage})
 
 
 def _sample_grid(images, references, samples):

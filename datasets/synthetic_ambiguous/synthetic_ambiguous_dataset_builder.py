@@ -1,6 +1,6 @@
 """Synthetic ambiguous-segmentation dataset with an exactly known distribution.
 
-Two kinds of examples are generated procedurally (no download):
+Three kinds of examples are generated procedurally (no download):
 
 * ``lidc_like``: a grey-scale "CT patch" with one or two lesions whose
   segmentation is ambiguous. Four segmentation modes (empty, tight, wide,
@@ -12,6 +12,10 @@ Two kinds of examples are generated procedurally (no download):
   stochastic label flips (sidewalk, vegetation and car may be relabelled to
   synonym classes) that the input pipeline applies later, giving 8 modes with
   known probabilities (see `flip_modes`).
+* ``multiscale``: a grey-scale lesion whose segmentation is ambiguous at two
+  scales: a global choice (is the lesion marked at all) and four independent
+  local choices (is each of four boundary parts included), 17 modes with exact
+  probabilities that follow from what the image shows.
 
 All generation logic is pure NumPy/SciPy in module-level functions, so it can
 be used without TFDS. Each example depends only on ``(seed, split, index)``
@@ -444,19 +448,40 @@ def generate_lidc_like(rng, size):
   modes[MODE_RARE] = core | tail_mask
 
   # Image: textured background plus halo, tail and core intensities.
+  offset = np.where(wide & ~core, halo, 0.0)
+  offset = np.where(tail_mask, np.maximum(offset, tail_level), offset)
+  offset = np.where(core, contrast, offset)
+  return _grader_example(rng, offset, modes,
+                         lidc_mode_probs(contrast, halo, tail_level))
+
+
+def _grader_example(rng, offset, modes, probs):
+  """A grey-scale example with graders: the image of `offset`, the graders' draws.
+
+  The image is the textured background plus `offset` (blurred by
+  `EDGE_BLUR_SIGMA`) plus pixel noise; the `NUM_GRADERS` graders draw their
+  modes i.i.d. from `probs`.
+
+  Args:
+    rng: `np.random.Generator`.
+    offset: float [S, S], brightness above the background.
+    modes: uint8 [M, S, S], the mode masks.
+    probs: float64 [M], the exact mode probabilities.
+
+  Returns:
+    dict with "image", "masks", "modes", "mode_probs", "grader_modes".
+  """
+  size = offset.shape[0]
+  scale = size / REFERENCE_SIZE
   low, mid = _smooth_noise(
       rng, size, (BACKGROUND_LOW_SIGMA * scale, BACKGROUND_MID_SIGMA * scale))
   background = BACKGROUND_LEVEL + BACKGROUND_LOW_STD * low + (
       BACKGROUND_MID_STD * mid)
-  offset = np.where(wide & ~core, halo, 0.0)
-  offset = np.where(tail_mask, np.maximum(offset, tail_level), offset)
-  offset = np.where(core, contrast, offset)
   offset = ndimage.gaussian_filter(offset, EDGE_BLUR_SIGMA * scale)
   image = (background + offset +
            PIXEL_NOISE_STD * rng.standard_normal((size, size)))
-
-  probs = lidc_mode_probs(contrast, halo, tail_level)
-  grader_modes = rng.choice(4, size=NUM_GRADERS, p=probs).astype(np.int32)
+  grader_modes = rng.choice(len(probs), size=NUM_GRADERS,
+                            p=probs).astype(np.int32)
   return {
       "image": _to_uint8(image)[..., None],
       "masks": modes[grader_modes],
@@ -464,6 +489,114 @@ def generate_lidc_like(rng, size):
       "mode_probs": probs.astype(np.float32),
       "grader_modes": grader_modes,
   }
+
+
+# -----------------------------------------------------------------------------
+# multiscale: one global choice and several independent local choices.
+# -----------------------------------------------------------------------------
+
+MS_NUM_PARTS = 4  # Local choices: boundary sectors that each flip on their own.
+MS_RADIUS_RANGE = (6.0, 9.0)  # Lesion mean radius r (pixels at 64x64).
+MS_OUTER_SCALE = 1.6  # A part's outer outline = core blob scaled about its centre.
+MS_PART_RANGE = (0.0, 0.25)  # h_j: brightness of part j above background.
+# p_present = MS_PRESENT_BASE + MS_PRESENT_SLOPE * cn; q_j = MS_PART_BASE + MS_PART_SLOPE * hn_j.
+MS_PRESENT_BASE, MS_PRESENT_SLOPE = 0.35, 0.6
+MS_PART_BASE, MS_PART_SLOPE = 0.1, 0.8
+
+
+def multiscale_mode_names(num_parts=MS_NUM_PARTS):
+  """Names of the multiscale modes: "absent", then "lesion_<bits>" (bit j = part j marked)."""
+  return ("absent",) + tuple(
+      "lesion_" + "".join(str(b) for b in bits)
+      for bits in _part_bits(num_parts))
+
+
+def _part_bits(num_parts):
+  """[2^L, L] int array: row i is the binary expansion of i, part 0 most significant."""
+  index = np.arange(2**num_parts)[:, None]
+  return (index >> np.arange(num_parts - 1, -1, -1)[None, :]) & 1
+
+
+def multiscale_mode_probs(contrast, part_levels):
+  """Exact mode probabilities of a multiscale image.
+
+  The global choice: the lesion is marked with probability
+  ``p_present = 0.35 + 0.6 * cn`` (cn: the contrast mapped linearly from
+  `CONTRAST_RANGE` to [0, 1]). Given that it is marked, each part j is included
+  independently with probability ``q_j = 0.1 + 0.8 * hn_j`` (hn_j: part j's
+  brightness mapped from `MS_PART_RANGE`). Mode 0 ("absent") has probability
+  ``1 - p_present``; mode ``1 + i`` (bits of i = the included parts, part 0 the
+  most significant) has ``p_present * prod_j q_j^b_j (1 - q_j)^(1 - b_j)``.
+
+  Args:
+    contrast: float, core brightness above background (c).
+    part_levels: [L] floats, each part's brightness above background (h_j).
+
+  Returns:
+    float64 array [1 + 2^L]; sums to 1.
+  """
+  cn = _unit(contrast, CONTRAST_RANGE)
+  q = np.array([MS_PART_BASE + MS_PART_SLOPE * _unit(h, MS_PART_RANGE)
+                for h in part_levels])
+  p_present = MS_PRESENT_BASE + MS_PRESENT_SLOPE * cn
+  bits = _part_bits(len(q))
+  local = np.prod(np.where(bits == 1, q[None, :], 1.0 - q[None, :]), axis=1)
+  return np.concatenate([[1.0 - p_present], p_present * local])
+
+
+def generate_multiscale(rng, size):
+  """Generates one multiscale example: a global and `MS_NUM_PARTS` local choices.
+
+  The image shows one irregular lesion (the core blob, brightness c above the
+  background) surrounded by `MS_NUM_PARTS` boundary parts: the ring between the
+  core and the core scaled by `MS_OUTER_SCALE`, cut into equal angular sectors
+  starting at a random angle, part j with its own brightness h_j. A rater first
+  decides whether the lesion is marked at all (global), then, independently for
+  each part, whether it belongs to the lesion (local). This gives 1 + 2^L modes
+  (17 for L = 4), all with exact probabilities (`multiscale_mode_probs`):
+
+  * 0 "absent": nothing;
+  * 1 + i "lesion_<bits of i>": the core plus the parts whose bit is 1.
+
+  Args:
+    rng: `np.random.Generator` (e.g. from `example_rng`).
+    size: int, image size S.
+
+  Returns:
+    The dict of `generate_lidc_like` ("image", "masks", "modes", "mode_probs",
+    "grader_modes") with 1 + 2^L modes instead of 4.
+  """
+  scale = size / REFERENCE_SIZE
+  yy, xx = _pixel_grid(size)
+  margin = BORDER_MARGIN * scale
+
+  contrast = rng.uniform(*CONTRAST_RANGE)
+  part_levels = rng.uniform(*MS_PART_RANGE, size=MS_NUM_PARTS)
+  blob = _draw_blob(rng, rng.uniform(*MS_RADIUS_RANGE) * scale)
+  start = rng.uniform(0.0, 2.0 * np.pi)
+  extent = MS_OUTER_SCALE * _blob_max_radius(blob) + margin
+  center = rng.uniform(extent, size - 1 - extent, size=2)
+  core, outer = _blob_masks(blob, center, size, (1.0, MS_OUTER_SCALE))
+  sector = np.floor(np.mod(np.arctan2(yy - center[0], xx - center[1]) - start,
+                           2.0 * np.pi) / (2.0 * np.pi / MS_NUM_PARTS))
+  sector = np.minimum(sector.astype(np.int64), MS_NUM_PARTS - 1)
+  ring = outer & ~core
+  parts = [ring & (sector == j) for j in range(MS_NUM_PARTS)]
+
+  bits = _part_bits(MS_NUM_PARTS)
+  modes = np.zeros((1 + len(bits), size, size), dtype=np.uint8)
+  for i, row in enumerate(bits):
+    mask = core.copy()
+    for j in np.flatnonzero(row):
+      mask |= parts[j]
+    modes[1 + i] = mask
+
+  offset = np.zeros((size, size))
+  for j in range(MS_NUM_PARTS):
+    offset = np.where(parts[j], part_levels[j], offset)
+  offset = np.where(core, contrast, offset)
+  return _grader_example(rng, offset, modes,
+                         multiscale_mode_probs(contrast, part_levels))
 
 
 # -----------------------------------------------------------------------------
@@ -863,7 +996,7 @@ def generate_cityscapes_like(rng, size):
 # TFDS builder.
 # -----------------------------------------------------------------------------
 
-KINDS = ("lidc_like", "cityscapes_like")
+KINDS = ("lidc_like", "cityscapes_like", "multiscale")
 
 
 @dataclasses.dataclass(eq=False)
@@ -871,7 +1004,7 @@ class SyntheticAmbiguousConfig(tfds.core.BuilderConfig):
   """BuilderConfig of `synthetic_ambiguous`.
 
   Attributes:
-    kind: "lidc_like" or "cityscapes_like".
+    kind: "lidc_like", "cityscapes_like" or "multiscale".
     image_size: int, image height and width S.
     num_train: number of training examples.
     num_validation: number of validation examples.
@@ -924,22 +1057,24 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     config = self.builder_config
     size = config.image_size
     zlib = tfds.features.Encoding.ZLIB
-    if config.kind == "lidc_like":
+    if config.kind in ("lidc_like", "multiscale"):
+      mode_names = (LIDC_MODE_NAMES if config.kind == "lidc_like" else
+                    multiscale_mode_names())
       features = tfds.features.FeaturesDict({
           "image": tfds.features.Image(shape=(size, size, 1), dtype=np.uint8),
           "masks": tfds.features.Tensor(
               shape=(NUM_GRADERS, size, size), dtype=np.uint8, encoding=zlib),
           "modes": tfds.features.Tensor(
-              shape=(len(LIDC_MODE_NAMES), size, size), dtype=np.uint8,
+              shape=(len(mode_names), size, size), dtype=np.uint8,
               encoding=zlib),
           "mode_probs": tfds.features.Tensor(
-              shape=(len(LIDC_MODE_NAMES),), dtype=np.float32),
+              shape=(len(mode_names),), dtype=np.float32),
           "grader_modes": tfds.features.Tensor(
               shape=(NUM_GRADERS,), dtype=np.int32),
           "id": tfds.features.Text(),
       })
       metadata = tfds.core.MetadataDict(
-          num_classes=2, mode_names=list(LIDC_MODE_NAMES))
+          num_classes=2, mode_names=list(mode_names))
     elif config.kind == "cityscapes_like":
       features = tfds.features.FeaturesDict({
           "image": tfds.features.Image(shape=(size, size, 3), dtype=np.uint8),
@@ -979,8 +1114,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split, num_examples):
     """Yields ``(key, example)`` for one split."""
     config = self.builder_config
-    generate = (generate_lidc_like if config.kind == "lidc_like" else
-                generate_cityscapes_like)
+    generate = {"lidc_like": generate_lidc_like,
+                "cityscapes_like": generate_cityscapes_like,
+                "multiscale": generate_multiscale}[config.kind]
     for index in range(num_examples):
       rng = example_rng(config.seed, split, index)
       example = generate(rng, config.image_size)

@@ -76,13 +76,14 @@ def test_configs():
   configs = {c.name: c for c in sa.Builder.BUILDER_CONFIGS}
   assert set(configs) == {
       "lidc_like", "lidc_like_128", "lidc_like_tiny", "cityscapes_like",
-      "cityscapes_like_128", "cityscapes_like_tiny"
+      "cityscapes_like_128", "cityscapes_like_tiny", "multiscale",
+      "multiscale_128", "multiscale_tiny"
   }
   assert sa.Builder.name == "synthetic_ambiguous"
   assert sa.Builder.DEFAULT_CONFIG_NAME == "lidc_like"
   assert str(sa.Builder.VERSION) == "1.0.0"
   assert "1.0.0" in sa.Builder.RELEASE_NOTES
-  for name in ("lidc_like", "cityscapes_like"):
+  for name in ("lidc_like", "cityscapes_like", "multiscale"):
     config = configs[name]
     assert (config.image_size, config.num_train, config.num_validation,
             config.num_test, config.seed) == (64, 4000, 400, 400, 0)
@@ -95,7 +96,8 @@ def test_configs():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config_name",
-                         ["lidc_like_tiny", "cityscapes_like_tiny"])
+                         ["lidc_like_tiny", "cityscapes_like_tiny",
+                          "multiscale_tiny"])
 def test_build_and_read(config_name, tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = sa.Builder(config=config_name, data_dir=str(tmp_path))
@@ -120,6 +122,20 @@ def test_build_and_read(config_name, tmp_path):
         "empty", "tight", "wide", "rare"
     ]
     generate = sa.generate_lidc_like
+  elif config.kind == "multiscale":
+    shapes = {
+        "image": ((size, size, 1), np.uint8),
+        "masks": ((4, size, size), np.uint8),
+        "modes": ((17, size, size), np.uint8),
+        "mode_probs": ((17,), np.float32),
+        "grader_modes": ((4,), np.int32),
+        "id": ((), object),
+    }
+    assert builder.info.metadata["num_classes"] == 2
+    names = list(builder.info.metadata["mode_names"])
+    assert names[:3] == ["absent", "lesion_0000", "lesion_0001"]
+    assert names[-1] == "lesion_1111" and len(names) == 17
+    generate = sa.generate_multiscale
   else:
     shapes = {
         "image": ((size, size, 3), np.uint8),
@@ -301,10 +317,11 @@ def _assert_examples_equal(a, b):
     assert a[key].tobytes() == b[key].tobytes(), key
 
 
-@pytest.mark.parametrize("kind", ["lidc_like", "cityscapes_like"])
+@pytest.mark.parametrize("kind", ["lidc_like", "cityscapes_like", "multiscale"])
 def test_deterministic(kind):
-  generate = (sa.generate_lidc_like
-              if kind == "lidc_like" else sa.generate_cityscapes_like)
+  generate = {"lidc_like": sa.generate_lidc_like,
+              "cityscapes_like": sa.generate_cityscapes_like,
+              "multiscale": sa.generate_multiscale}[kind]
   first = generate(sa.example_rng(7, "validation", 5), 32)
   # Other examples in between do not matter (order independence).
   for index in range(3):
@@ -389,3 +406,89 @@ def test_flip_modes(city_examples):
   for a, b in itertools.combinations(range(8), 2):
     assert not np.array_equal(modes[a], modes[b])
   np.testing.assert_allclose(sa.city_mode_probs(), probs)
+
+
+# -----------------------------------------------------------------------------
+# multiscale.
+
+
+def test_multiscale_mode_probs_are_a_global_times_independent_local_choices():
+  probs = sa.multiscale_mode_probs(0.5, [0.0, 0.25, 0.125, 0.25])
+  p_present = 0.35 + 0.6 * (0.5 - 0.08) / (0.5 - 0.08)
+  q = np.array([0.1, 0.9, 0.5, 0.9])
+  assert probs.shape == (17,)
+  assert probs.sum() == pytest.approx(1.0, abs=1e-12)
+  assert probs[0] == pytest.approx(1.0 - p_present)
+  for index, name in enumerate(sa.multiscale_mode_names()[1:], start=1):
+    bits = np.array([int(c) for c in name[len("lesion_"):]])
+    want = p_present * np.prod(np.where(bits == 1, q, 1.0 - q))
+    assert probs[index] == pytest.approx(want, rel=1e-12), name
+  # Marginals: each part is included with q_j given that the lesion is marked.
+  bits = sa._part_bits(4)  # pylint: disable=protected-access
+  for j in range(4):
+    assert probs[1:][bits[:, j] == 1].sum() / p_present == pytest.approx(q[j])
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_multiscale_modes_are_the_core_plus_distinct_parts(size):
+  for index in range(12):
+    example = sa.generate_multiscale(sa.example_rng(0, "test", index), size)
+    modes = example["modes"].astype(bool)
+    assert modes.shape == (17, size, size)
+    assert not modes[0].any()
+    core = modes[1]
+    assert core.any()
+    parts = [modes[1 + (1 << (3 - j))] & ~core for j in range(4)]
+    for j, part in enumerate(parts):
+      assert part.any(), (index, j)
+      for other in parts[j + 1:]:
+        assert not (part & other).any()
+    for i, name in enumerate(sa.multiscale_mode_names()[1:], start=1):
+      want = core.copy()
+      for j, bit in enumerate(name[len("lesion_"):]):
+        if bit == "1":
+          want |= parts[j]
+      np.testing.assert_array_equal(modes[i], want, err_msg=name)
+    assert len({m.tobytes() for m in example["modes"]}) == 17
+    np.testing.assert_array_equal(example["masks"],
+                                  example["modes"][example["grader_modes"]])
+    assert example["mode_probs"].dtype == np.float32
+    assert abs(float(example["mode_probs"].sum()) - 1.0) < 1e-6
+    # A 2-pixel margin to the border.
+    margin = int(sa.BORDER_MARGIN * size / 64)
+    assert not modes[-1][:margin].any() and not modes[-1][-margin:].any()
+    assert not modes[-1][:, :margin].any() and not modes[-1][:, -margin:].any()
+
+
+def test_multiscale_probabilities_follow_what_the_image_shows():
+  """Brighter parts are marked more often: the image carries the local choices."""
+  rows = []
+  for index in range(40):
+    example = sa.generate_multiscale(sa.example_rng(0, "train", index), 64)
+    image = example["image"][..., 0].astype(np.float64)
+    modes = example["modes"].astype(bool)
+    bits = sa._part_bits(4)  # pylint: disable=protected-access
+    p_present = 1.0 - example["mode_probs"][0]
+    for j in range(4):
+      part = modes[1 + (1 << (3 - j))] & ~modes[1]
+      q = example["mode_probs"][1:][bits[:, j] == 1].sum() / p_present
+      rows.append((image[part].mean(), q))
+  rows = np.array(rows)
+  assert np.corrcoef(rows[:, 0], rows[:, 1])[0, 1] > 0.8
+
+
+def test_multiscale_modes_work_with_the_mode_statistics():
+  """A sampler that draws the exact modes scores near the perfect-sampler floor."""
+  metrics = pytest.importorskip("tf_prob_unet.metrics")
+  examples = [sa.generate_multiscale(sa.example_rng(0, "test", i), 32)
+              for i in range(16)]
+  modes = np.stack([e["modes"] for e in examples]).astype(np.int64)
+  probs = np.stack([e["mode_probs"] for e in examples]).astype(np.float64)
+  rng = np.random.default_rng(0)
+  picks = np.stack([rng.choice(17, size=16, p=p / p.sum()) for p in probs])
+  samples = np.take_along_axis(modes, picks[:, :, None, None], axis=1)
+  stats = metrics.mode_statistics(samples, modes, probs, num_samples=(16,))
+  assert len(stats["mode_freq_true"]) == 17
+  assert stats["mode_tv_per_image"]["16"] < stats["mode_tv_per_image_floor"]["16"] + 0.1
+  # The sampled modes are recovered exactly by the nearest-mode assignment.
+  np.testing.assert_array_equal(metrics.assign_modes(samples, modes, probs), picks)

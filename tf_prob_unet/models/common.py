@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from tf_prob_unet import losses
+from tf_prob_unet import objectives
 
 
 def normal_noise(shape, seed=None):
@@ -85,6 +86,10 @@ class SegmentationModel(keras.Model):
     num_classes: number of classes K.
     ignore_index: label value excluded from the loss.
     seed: base seed of the training-time noise.
+    objective: the training objective of a latent model (`objectives.normalize`: None or
+      `"elbo"` for the ELBO, `"geco"` or a dict such as `{"name": "geco", "kappa": 0.05}` for
+      GECO). Latent models name it in their constructor and compute their loss with
+      `elbo_terms`; the others leave it None.
   """
 
   # True: `loss_terms` accepts `[B, 2]` per-example seeds (all its noise goes through
@@ -92,8 +97,13 @@ class SegmentationModel(keras.Model):
   # `[2]` seed per replica and step (e.g. batch-wide stateless dropout masks).
   per_example_seeds = False
 
-  def __init__(self, num_classes=2, ignore_index=255, seed=0, **kwargs):
+  def __init__(self, num_classes=2, ignore_index=255, seed=0, objective=None, **kwargs):
     super().__init__(**kwargs)
+    self.objective_config = objectives.normalize(objective)
+    # Built here, under the model's name, so its variables' paths are `<model>/geco/...` like
+    # the other sublayers' (checkpoints are keyed by path below the model).
+    with keras.name_scope(self.name):
+      self.objective = objectives.build(self.objective_config)
     if int(num_classes) < 2:
       raise ValueError(f"{type(self).__name__}: `num_classes` must be >= 2 (binary tasks use 2), "
                        f"found {num_classes}.")
@@ -102,6 +112,8 @@ class SegmentationModel(keras.Model):
     self.seed = int(seed)
 
   def _init_trackers(self, *names):
+    if self.objective is not None:
+      names += tuple(n for n in self.objective.tracker_names if n not in names)
     self.tracker_names = tuple(names)
     self.trackers = [keras.metrics.Mean(name=n) for n in names]
 
@@ -121,23 +133,32 @@ class SegmentationModel(keras.Model):
     return tf.reduce_mean(rec_sum), tf.reduce_mean(rec_mean)
 
   def elbo_terms(self, logits, labels, kl, beta):
-    """The terms of a conditional VAE's loss, each averaged over the batch.
+    """The terms of a latent model's loss under its objective (ELBO or GECO), batch-averaged.
+
+    Every latent model computes its loss through here (`objectives` documents the interface):
+    the per-pixel CE map of `logits` against `labels` and the KL per image go to the model's
+    objective; the top-k draw of GECO uses per-example seeds (stream 3).
 
     Args:
       logits: `[B, H, W, K]` reconstruction logits.
       labels: `[B, H, W]` labels.
-      kl: `[B]` KL (or its estimate) per image.
-      beta: weight of the KL term.
+      kl: `[B]` KL (or its estimate) per image (a hierarchical model: summed over scales).
+      beta: weight of the KL term under the ELBO (GECO weighs the KL by 1).
 
     Returns:
       A dict of scalars: `rec_loss`, `kl`, `weight_decay_loss`, `loss`
-      (`rec + beta * kl + wd`) and `pixel_ce`.
+      (ELBO: `rec + beta * kl + wd`; GECO: `lambda * C + kl + wd`) and `pixel_ce`; GECO adds
+      `geco_lambda`, `geco_constraint`, `geco_rec_ema` and `geco_selected`.
     """
-    rec, pixel_ce = self.reconstruction_terms(logits, labels)
-    kl = tf.reduce_mean(kl)
+    ce, valid = losses.pixel_cross_entropy(logits, labels, self.ignore_index)
+    seeds = None
+    if self.objective is not None:
+      seeds = self.example_seeds(3, tf.shape(ce)[0])
+    terms = objectives.objective_terms(self.objective, ce, valid, kl, beta, seeds=seeds)
     wd = self.weight_decay_loss()
-    return {"loss": rec + beta * kl + wd, "rec_loss": rec, "kl": kl, "weight_decay_loss": wd,
-            "pixel_ce": pixel_ce}
+    terms["loss"] = terms["loss"] + wd
+    terms["weight_decay_loss"] = wd
+    return terms
 
   def _step_seed(self, stream):
     """A `[2]` seed from the base seed, a stream id, the optimizer step and the replica id."""
@@ -191,6 +212,8 @@ class SegmentationModel(keras.Model):
       scaled = terms["loss"] / replicas
     grads = tape.gradient(scaled, self.trainable_variables)
     self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+    if self.objective is not None:
+      self.objective.commit(terms)
     self._update_trackers(terms)
     return dict(terms, grad_norm=tf.linalg.global_norm(grads))
 
@@ -239,4 +262,6 @@ class SegmentationModel(keras.Model):
   def get_config(self):
     config = super().get_config()
     config.update(num_classes=self.num_classes, ignore_index=self.ignore_index, seed=self.seed)
+    if self.objective_config is not None:
+      config.update(objective=dict(self.objective_config))
     return config

@@ -33,8 +33,9 @@ class Image2ImageVAE(common.SegmentationModel):
   def __init__(self, num_classes=2, channels=(32, 64, 128, 192), convs_per_block=3,
                latent_dim=6, head_channels=None, num_head_hidden=3, beta=1.0, weight_decay=1e-5,
                log_sigma_bound=5.0, ignore_index=255, upsample_mode="align_corners", seed=0,
-               **kwargs):
-    super().__init__(num_classes=num_classes, ignore_index=ignore_index, seed=seed, **kwargs)
+               objective=None, **kwargs):
+    super().__init__(num_classes=num_classes, ignore_index=ignore_index, seed=seed,
+                     objective=objective, **kwargs)
     self.channels = tuple(int(c) for c in channels)
     self.convs_per_block = int(convs_per_block)
     self.latent_dim = int(latent_dim)

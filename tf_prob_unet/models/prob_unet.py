@@ -44,8 +44,9 @@ class ProbUNet(common.SegmentationModel):
   def __init__(self, num_classes=2, channels=(32, 64, 128, 192), convs_per_block=3,
                latent_dim=6, fcomb_channels=None, num_fcomb_hidden=3, beta=1.0,
                kl_estimate="analytic", weight_decay=1e-5, log_sigma_bound=5.0, ignore_index=255,
-               upsample_mode="align_corners", seed=0, **kwargs):
-    super().__init__(num_classes=num_classes, ignore_index=ignore_index, seed=seed, **kwargs)
+               upsample_mode="align_corners", seed=0, objective=None, **kwargs):
+    super().__init__(num_classes=num_classes, ignore_index=ignore_index, seed=seed,
+                     objective=objective, **kwargs)
     if kl_estimate not in KL_ESTIMATES:
       raise ValueError(f"ProbUNet: `kl_estimate` must be one of {KL_ESTIMATES}, "
                        f"found {kl_estimate!r}.")
