@@ -7,6 +7,7 @@ import pathlib
 
 import numpy as np
 import pytest
+import scipy.optimize
 
 from tf_prob_unet import metrics
 
@@ -338,7 +339,8 @@ def test_iou_distance_matrix_matches_direct():
       _assert_nan_equal(got[i], np.array(expected))
 
 
-def test_chunking_does_not_change_results(monkeypatch):
+@pytest.mark.parametrize("dense_support", [-1.0, 2.0])  # every class dense / every class sparse
+def test_chunking_does_not_change_results(monkeypatch, dense_support):
   rng = np.random.default_rng(3)
   samples = _random_masks(rng, (9, 6, 20, 40), 3)
   refs = _random_masks(rng, (9, 4, 20, 40), 3)
@@ -346,7 +348,7 @@ def test_chunking_does_not_change_results(monkeypatch):
   full = metrics.ged(samples, refs, **kwargs)
   cross = metrics.iou_distance_matrix(samples, refs, **kwargs)
   monkeypatch.setattr(metrics.distance, "_CHUNK_ELEMENTS", 1)
-  monkeypatch.setattr(metrics.distance, "_PAIR_BYTES", 1)
+  monkeypatch.setattr(metrics.distance, "_DENSE_SUPPORT", dense_support)
   np.testing.assert_allclose(metrics.ged(samples, refs, **kwargs), full, rtol=0, atol=1e-12)
   np.testing.assert_allclose(metrics.iou_distance_matrix(samples, refs, **kwargs), cross,
                              rtol=0, atol=1e-12)
@@ -397,6 +399,47 @@ def test_hungarian_lcm_tiling_matches_brute_force():
     assert got[b] == pytest.approx(best)
 
 
+def _tiled_hungarian(d):
+  """The former HM-IoU: Hungarian matching on both sets tiled to lcm(S, R), per image."""
+  out = []
+  for di in d:
+    s, r = di.shape
+    size = math.lcm(s, r)
+    tiled = di[(np.arange(size) % s)[:, None], (np.arange(size) % r)[None, :]]
+    ri, ci = scipy.optimize.linear_sum_assignment(tiled)
+    out.append(1.0 - tiled[ri, ci].mean())
+  return np.array(out)
+
+
+@pytest.mark.parametrize("s,r", [(16, 4), (6, 4), (3, 5)])
+def test_transport_hm_iou_equals_tiled_hungarian_for_uniform_weights(s, r):
+  rng = np.random.default_rng(s * r)
+  samples = _random_masks(rng, (4, s, 10, 12), 2)
+  refs = _random_masks(rng, (4, r, 10, 12), 2)
+  expected = _tiled_hungarian(metrics.iou_distance_matrix(samples, refs))
+  np.testing.assert_allclose(metrics.hungarian_matched_iou(samples, refs), expected, atol=1e-9)
+  np.testing.assert_allclose(
+      metrics.hungarian_matched_iou(samples, refs, np.full(r, 1.0 / r)), expected, atol=1e-9)
+
+
+def test_transport_hm_iou_skewed_weights_hand_worked():
+  # 1x8 masks, the sets of test_hungarian_hand_worked: IoU(S0, Y0) = 2/3, IoU(S0, Y1) = 1/4,
+  # IoU(S1, Y0) = 1/2, IoU(S1, Y1) = 0. Each sample carries mass 1/2.
+  y = np.array([[[1, 1, 1, 1, 0, 0, 0, 0]], [[0, 0, 0, 0, 1, 1, 1, 1]]])[None]
+  s = np.array([[[1, 1, 1, 1, 1, 1, 0, 0]], [[1, 1, 0, 0, 0, 0, 0, 0]]])[None]
+  # Uniform weights: S0 -> Y1, S1 -> Y0, (1/4 + 1/2) / 2 = 0.375 (the Hungarian result).
+  np.testing.assert_allclose(metrics.hungarian_matched_iou(s, y, [0.5, 0.5]), [0.375])
+  # Weights (0.9, 0.1). With x = T(S0, Y1) in [0, 0.1] the plan is T(S0, Y0) = 0.5 - x,
+  # T(S1, Y0) = 0.4 + x, T(S1, Y1) = 0.1 - x, and the matched IoU is
+  # (0.5 - x) 2/3 + x 1/4 + (0.4 + x) 1/2 + (0.1 - x) 0 = 0.5333 + x / 12, largest at x = 0.1:
+  # 0.4 * 2/3 + 0.1 * 1/4 + 0.5 * 1/2 = 0.541667 (the Hungarian pairing would give 0.375).
+  np.testing.assert_allclose(metrics.hungarian_matched_iou(s, y, [0.9, 0.1]),
+                             [0.4 * 2 / 3 + 0.1 / 4 + 0.5 / 2])
+  # A zero-weight reference is padding: both samples go to Y0, (2/3 + 1/2) / 2.
+  np.testing.assert_allclose(metrics.hungarian_matched_iou(s, y, [1.0, 0.0]),
+                             [(2 / 3 + 1 / 2) / 2])
+
+
 def test_sample_diversity_excludes_diagonal():
   samples, _ = _two_mode_example()  # d(S0, S1) = 0.5
   np.testing.assert_allclose(metrics.sample_diversity(samples), [0.5])
@@ -445,12 +488,12 @@ def test_s_ncc_matches_direct_and_samples_equal_references():
   rng = np.random.default_rng(4)
   refs = _random_masks(rng, (3, 4, 12, 12), 3)
   refs[:, :, 0, :4] = np.arange(4)[None, :, None] % 3  # references differ
-  got = metrics.s_ncc(refs, refs, num_classes=3)
+  got = metrics.s_ncc_labels(refs, refs, num_classes=3)
   np.testing.assert_allclose(got, _direct_sncc(refs, refs, 3, 1e-7), rtol=1e-6)
   assert np.all(np.isfinite(got))
   assert np.all(got > 0.5)
   samples = _random_masks(rng, (3, 5, 12, 12), 3)
-  np.testing.assert_allclose(metrics.s_ncc(samples, refs, num_classes=3),
+  np.testing.assert_allclose(metrics.s_ncc_labels(samples, refs, num_classes=3),
                              _direct_sncc(samples, refs, 3, 1e-7), rtol=1e-6)
 
 
@@ -460,7 +503,7 @@ def test_s_ncc_void_pixels_excluded():
   samples = _random_masks(rng, (2, 4, 10, 10), 3)
   refs[:, 1, :2] = 255
   samples[:, 0, 5, 5] = 255  # a void sample pixel belongs to no class
-  got = metrics.s_ncc(samples, refs, num_classes=3, ignore_index=255)
+  got = metrics.s_ncc_labels(samples, refs, num_classes=3, ignore_index=255)
   np.testing.assert_allclose(got, _direct_sncc(samples, refs, 3, 1e-7, ignore_index=255),
                              rtol=1e-6)
 
@@ -469,7 +512,89 @@ def test_s_ncc_identical_samples_is_nan():
   rng = np.random.default_rng(6)
   refs = _random_masks(rng, (1, 2, 8, 8), 2)
   samples = np.repeat(refs[:, :1], 3, axis=1)
-  assert np.isnan(metrics.s_ncc(samples, refs)[0])
+  assert np.isnan(metrics.s_ncc_labels(samples, refs)[0])
+
+
+def _phiseg_variance_ncc(sample_arr, gt_arr, weights=None, valid=None):
+  """PHiSeg's `variance_ncc_dist` as published: loops over samples and references.
+
+  `sample_arr` `[N, H, W, K]` softmax maps, `gt_arr` `[M, H, W, K]` one-hot maps; `weights`
+  replaces the 1 / M of the mean; `valid` `[H, W]` keeps pixels (PHiSeg has no void).
+  """
+  def pixel_wise_xent(m_samp, m_gt, eps=1e-8):
+    return -1.0 * np.sum(m_gt * np.log(m_samp + eps), axis=-1)
+
+  def ncc(a, v):
+    a, v = a.flatten(), v.flatten()
+    a = (a - np.mean(a)) / (np.std(a) * len(a))
+    v = (v - np.mean(v)) / np.std(v)
+    return np.correlate(a, v)[0]
+
+  mean_seg = np.mean(sample_arr, axis=0)
+  n, m = sample_arr.shape[0], gt_arr.shape[0]
+  e_ss = np.mean([pixel_wise_xent(sample_arr[i], mean_seg) for i in range(n)], axis=0)
+  e_sy = np.mean([[pixel_wise_xent(sample_arr[i], gt_arr[j]) for i in range(n)]
+                  for j in range(m)], axis=1)
+  keep = np.ones(e_ss.shape, bool) if valid is None else valid
+  weights = np.full(m, 1.0 / m) if weights is None else weights
+  return sum(weights[j] * ncc(e_ss[keep], e_sy[j][keep]) for j in range(m))
+
+
+def _random_softmax(rng, shape, num_classes, temperature=1.5):
+  logits = rng.normal(0.0, temperature, shape + (num_classes,))
+  e = np.exp(logits - logits.max(-1, keepdims=True))
+  return (e / e.sum(-1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("num_classes,num_refs", [(2, 4), (5, 3)])
+def test_s_ncc_probabilities_matches_phiseg(num_classes, num_refs):
+  rng = np.random.default_rng(num_classes)
+  probs = _random_softmax(rng, (3, 6, 9, 11), num_classes)
+  refs = rng.integers(0, num_classes, (3, num_refs, 9, 11))
+  got = metrics.s_ncc(probs, refs, num_classes=num_classes)
+  onehot = np.eye(num_classes)[refs]
+  expected = [_phiseg_variance_ncc(probs[b].astype(np.float64), onehot[b]) for b in range(3)]
+  np.testing.assert_allclose(got, expected, rtol=1e-6)  # float32 logarithms
+  # Reference weights replace PHiSeg's 1 / M.
+  w = rng.dirichlet(np.ones(num_refs), 3)
+  got_w = metrics.s_ncc(probs, refs, w, num_classes=num_classes)
+  expected_w = [_phiseg_variance_ncc(probs[b].astype(np.float64), onehot[b], w[b])
+                for b in range(3)]
+  np.testing.assert_allclose(got_w, expected_w, rtol=1e-6)
+  assert not np.allclose(got_w, got)
+  # Prefixes in one pass equal separate calls on the first n samples.
+  prefixes = metrics.s_ncc(probs, refs, w, num_classes=num_classes, num_samples=(2, 6))
+  np.testing.assert_allclose(prefixes["6"], got_w, rtol=1e-12)
+  np.testing.assert_allclose(prefixes["2"], metrics.s_ncc(probs[:, :2], refs, w,
+                                                          num_classes=num_classes), rtol=1e-12)
+
+
+def test_s_ncc_probabilities_void_and_one_hot():
+  rng = np.random.default_rng(7)
+  probs = _random_softmax(rng, (2, 4, 8, 8), 3)
+  refs = rng.integers(0, 3, (2, 2, 8, 8))
+  refs[:, 1, :2, :] = 255
+  got = metrics.s_ncc(probs, refs, num_classes=3, ignore_index=255)
+  onehot = np.eye(3)[np.where(refs == 255, 0, refs)]
+  valid = ~np.any(refs == 255, axis=1)
+  expected = [_phiseg_variance_ncc(probs[b].astype(np.float64), onehot[b], valid=valid[b])
+              for b in range(2)]
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+  # On one-hot samples the probability form equals the label form.
+  labels = _random_masks(rng, (2, 5, 8, 8), 3)
+  np.testing.assert_allclose(
+      metrics.s_ncc(np.eye(3)[labels], refs, num_classes=3, eps=1e-7, ignore_index=255),
+      metrics.s_ncc_labels(labels, refs, num_classes=3, eps=1e-7, ignore_index=255), rtol=1e-9)
+
+
+def test_s_ncc_probabilities_identical_samples_is_nan():
+  rng = np.random.default_rng(8)
+  refs = rng.integers(0, 2, (2, 3, 8, 8))
+  same = np.repeat(np.eye(2)[refs[:, :1]], 4, axis=1)  # four identical one-hot samples
+  assert np.all(np.isnan(metrics.s_ncc(same, refs, num_classes=2)))
+  # Identical soft samples are defined: E_ss is the entropy of their shared softmax.
+  soft = np.repeat(_random_softmax(rng, (2, 1, 8, 8), 2), 4, axis=1)
+  assert np.all(np.isfinite(metrics.s_ncc(soft, refs, num_classes=2)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -586,8 +711,10 @@ _Y = np.zeros((2, 2, 4, 4), np.int64)
     (lambda: metrics.sample_diversity(_S[:, :1]), "samples"),
     (lambda: metrics.sample_diversity(_S, ignore_index=255, ignore_mask_from=_Y[:1]),
      "ignore_mask_from"),
-    (lambda: metrics.s_ncc(_S, _Y + 3), "references"),
-    (lambda: metrics.s_ncc(_S, _Y, eps=0.0), "eps"),
+    (lambda: metrics.s_ncc_labels(_S, _Y + 3), "references"),
+    (lambda: metrics.s_ncc_labels(_S, _Y, eps=0.0), "eps"),
+    (lambda: metrics.s_ncc(np.full(_S.shape + (3,), 0.5), _Y, num_classes=2), "probabilities"),
+    (lambda: metrics.s_ncc(np.full(_S.shape + (2,), 1.5), _Y, num_classes=2), "probabilities"),
     (lambda: metrics.assign_modes(_S, _Y, [[0.5, 0.4], [0.5, 0.5]]), "mode_probs"),
     (lambda: metrics.mode_statistics(_S, _Y, [0.5, 0.5], num_samples=(4,)), "num_samples"),
     (lambda: metrics.mode_statistics(_S, _Y, [0.5, 0.5], num_samples=(1,),
@@ -606,6 +733,29 @@ def test_ignore_index_accepted_in_labels():
   samples = _S.copy()
   samples[:, :, 1, 1] = 255
   assert np.all(np.isfinite(metrics.ged(samples, refs, ignore_index=255)))
+
+
+def test_reliability_hand_worked_and_additive():
+  # Foreground frequencies per pixel: samples (1, 0.5, 0, 0.25), graders (1, 0.5, 0.5, 0).
+  samples = np.array([[1, 1, 0, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]])[None, :, None]
+  refs = np.array([[1, 1, 1, 0], [1, 0, 0, 0]])[None, :, None]
+  counts = metrics.reliability_counts(samples, refs, bins=2)
+  # Bin [0, 0.5): pixels 2 and 3; bin [0.5, 1]: pixels 0 and 1.
+  np.testing.assert_allclose(counts, [[2, 0.25, 0.5], [2, 1.5, 1.5]])
+  assert metrics.expected_calibration_error(counts) == pytest.approx(0.25 / 4)
+  diagram = metrics.reliability_diagram(counts)
+  assert diagram["predicted"] == [0.125, 0.75] and diagram["observed"] == [0.25, 0.75]
+  # Counts of two batches add up to the counts of both; weights and void are honoured.
+  both = np.concatenate([samples, samples[:, ::-1]])
+  np.testing.assert_allclose(
+      metrics.reliability_counts(both, np.concatenate([refs, refs]), bins=2),
+      counts + metrics.reliability_counts(samples[:, ::-1], refs, bins=2))
+  weighted = metrics.reliability_counts(samples, refs, [1.0, 0.0], bins=2)
+  np.testing.assert_allclose(weighted[:, 2], [1.0, 2.0])
+  void = refs.copy()
+  void[0, 1, 0, 3] = 255
+  np.testing.assert_allclose(metrics.reliability_counts(samples, void, bins=2, ignore_index=255),
+                             [[1, 0.0, 0.5], [2, 1.5, 1.5]])
 
 
 def test_package_imports_only_numpy_scipy():

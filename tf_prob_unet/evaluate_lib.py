@@ -1,11 +1,17 @@
 """Evaluation, flag-free: samples from trained models, the paper's and the field's measures.
 
-`run(EvalConfig)` draws the largest requested number of samples once per test image and scores
-every prefix (`n` in `num_samples`): GED (against the exact modes weighted by their probabilities
-where the dataset has them, else against the graders with uniform weights), Hungarian-matched IoU
-and S_NCC against the graders, sample diversity, the mode statistics where modes are known, the
-pixel flip rates for flip datasets, and a deterministic baseline (the prior-mean / single
-prediction repeated). It writes `metrics.json`, `report.md` and PNG figures, each atomically.
+`run(EvalConfig)` draws the largest requested number of samples once per image of the split and
+scores every prefix (`n` in `num_samples`): GED (against the exact modes weighted by their
+probabilities where the dataset has them, else against the graders with uniform weights),
+Hungarian-matched IoU (an optimal transport) and S_NCC (from the samples' class probabilities)
+against the graders with their weights, sample diversity, the reliability of the per-pixel
+frequencies (`ece`), the mode statistics where modes are known, the pixel flip rates for flip
+datasets, and a deterministic baseline (the prior-mean / single prediction repeated). It writes
+`metrics.json`, `report.md` and PNG figures, each atomically.
+
+Evaluation streams: each batch is sampled, scored (`Scorer.update`) and dropped; only per-image
+scalars, summed counts and the first few images (for the figures) are kept, so memory does not
+grow with the split. Labels are uint8.
 """
 
 import dataclasses
@@ -52,48 +58,51 @@ def progress_bar(total, unit="image"):
   return keras.utils.Progbar(total, verbose=1 if sys.stdout.isatty() else 2, unit_name=unit)
 
 
-def draw_samples(model, builder, spec, split, num_samples, batch_size, limit=0, seed=0):
-  """Samples and ground truth for a split, as NumPy arrays.
+KEEP_IMAGES = 6  # images kept for the sample grid
+RELIABILITY_BINS = 10
 
-  Returns:
-    A dict: `images` `[B, H, W, C]`, `samples` `[B, S, H, W]` uint8, `mean_prediction`
-    `[B, H, W]` uint8 (prior-mean / deterministic prediction), `references`, `reference_weights`,
-    and where present `modes`, `mode_probs`, `label`, `ids`; `seconds_per_sample`, a float: the
-    wall time of `model.sample` per image and sample, over the batches after the first (the first
-    call traces the graph; with one batch it is timed on a second call).
+
+def _label_dtype(num_classes):
+  return np.uint8 if num_classes < input_pipeline.VOID else np.int32
+
+
+def sample_batches(model, batches, num_samples, num_classes, seed=0, total=None):
+  """Yields the evaluation batches as NumPy dicts with the model's samples added.
+
+  Args:
+    model: a model of the registry (`sample(..., return_probs=True)`, `__call__`).
+    batches: iterable of dicts as `input_pipeline.eval_dataset` yields (tensors or arrays).
+    num_samples: samples per image.
+    num_classes: the model's classes (labels are stored as uint8 below 255).
+    seed: batch `i` samples with the seed `[seed, i]`.
+    total: number of images, for the progress bar (None: no bar).
+
+  Yields:
+    The batch's entries (`id` renamed `ids`; label maps `references`, `modes`, `label` as
+    uint8) plus `samples` `[b, S, H, W]` uint8, `probabilities` `[b, S, H, W, K]` float32 and
+    `mean_prediction` `[b, H, W]` uint8 (prior-mean / deterministic prediction), and
+    `sample_seconds`, the wall time of the batch's `model.sample` call.
   """
-  ds = input_pipeline.eval_dataset(builder, spec, batch_size, split=split, limit=limit or None)
-  total = builder.info.splits[split].num_examples
-  total = min(total, limit) if limit else total
-  sample_fn = tf.function(lambda x, s: model.sample(x, num_samples, seed=s))
+  sample_fn = tf.function(lambda x, s: model.sample(x, num_samples, seed=s, return_probs=True))
   mean_fn = tf.function(lambda x: tf.argmax(model(x, training=False), -1, output_type=tf.int32))
-  out = {}
-  bar = progress_bar(total)
+  dtype = _label_dtype(num_classes)
+  bar = progress_bar(total) if total else None
   done = 0
-  timed, timed_samples = 0.0, 0
-  for i, batch in enumerate(ds):
-    seed_i = tf.constant([seed, i], tf.int64)
+  for i, batch in enumerate(batches):
     t0 = time.perf_counter()
-    samples = sample_fn(batch["image"], seed_i).numpy()
-    if i:
-      timed += time.perf_counter() - t0
-      timed_samples += samples.shape[0] * samples.shape[1]
-    parts = {"samples": samples.astype(np.uint8),
-             "mean_prediction": mean_fn(batch["image"]).numpy().astype(np.uint8)}
+    labels, probs = sample_fn(batch["image"], tf.constant([seed, i], tf.int64))
+    labels = labels.numpy()
+    out = {"samples": labels.astype(dtype), "probabilities": probs.numpy(),
+           "sample_seconds": time.perf_counter() - t0,
+           "mean_prediction": mean_fn(batch["image"]).numpy().astype(dtype)}
     for key, value in batch.items():
-      parts["ids" if key == "id" else key] = value.numpy()
-    for key, value in parts.items():
-      out.setdefault(key, []).append(value)
-    done += len(parts["samples"])
-    bar.update(done)
-    first = batch["image"]
-  if not timed_samples:
-    t0 = time.perf_counter()
-    samples = sample_fn(first, tf.constant([seed, 0], tf.int64)).numpy()
-    timed, timed_samples = time.perf_counter() - t0, samples.shape[0] * samples.shape[1]
-  data = {k: np.concatenate(v) for k, v in out.items()}
-  data["seconds_per_sample"] = timed / max(timed_samples, 1)
-  return data
+      value = np.asarray(value)
+      out["ids" if key == "id" else key] = (value.astype(dtype) if key in
+                                             ("references", "modes", "label") else value)
+    done += len(out["samples"])
+    if bar is not None:
+      bar.update(done)
+    yield out
 
 
 def _nanmean(x):
@@ -101,54 +110,166 @@ def _nanmean(x):
   return float(np.nanmean(x)) if np.any(np.isfinite(x)) else float("nan")
 
 
-def score(data, spec, num_samples, seed=0):
-  """All measures for the drawn samples. Returns the metrics dict (see the module docstring)."""
-  counts = sorted(int(n) for n in num_samples)
-  kw = dict(num_classes=spec.num_classes,
-            class_ids=None if spec.class_ids is None else list(spec.class_ids),
-            ignore_index=input_pipeline.VOID if spec.kind == "flips" else None)
-  samples = data["samples"].astype(np.int64)
-  has_modes = "modes" in data
-  gt = data["modes"] if has_modes else data["references"]
-  gt_w = data["mode_probs"] if has_modes else data["reference_weights"]
-  graders = data["references"]
-  result = {"ged": {}, "hm_iou": {}, "diversity": {}, "ncc": {}, "dropped_nan_images": {},
-            "per_image": {"ged": {}, "hm_iou": {}}}
-  for n in counts:
-    s = samples[:, :n]
-    g = metrics.ged(s, gt, gt_w, **kw)
-    result["per_image"]["ged"][str(n)] = [None if not np.isfinite(v) else float(v) for v in g]
-    result["dropped_nan_images"][str(n)] = int(np.sum(~np.isfinite(g)))
-    result["ged"][str(n)] = _nanmean(g)
-    h = metrics.hungarian_matched_iou(s, graders, **kw)
-    result["per_image"]["hm_iou"][str(n)] = [None if not np.isfinite(v) else float(v) for v in h]
-    result["hm_iou"][str(n)] = _nanmean(h)
-    if n >= 2:
-      result["diversity"][str(n)] = _nanmean(metrics.sample_diversity(
-          s, ignore_mask_from=graders if kw["ignore_index"] is not None else None, **kw))
-      result["ncc"][str(n)] = _nanmean(metrics.s_ncc(
-          s, graders, num_classes=spec.num_classes, ignore_index=kw["ignore_index"]))
-  if spec.kind == "graders":  # R from the data; QUBIQ for binary multi-rater tasks.
-    result["num_raters"] = int(graders.shape[1])
-    if spec.num_classes == 2:
-      result["qubiq_dice"] = {str(n): _nanmean(metrics.qubiq_dice(samples[:, :n], graders))
-                              for n in counts}
-  mean_pred = data["mean_prediction"][:, None].astype(np.int64)
-  result["ged_mean_prediction"] = _nanmean(metrics.ged(mean_pred, gt, gt_w, **kw))
-  result["ged_resampled"] = metrics.resampled_ged(samples, gt, gt_w, counts, seed=seed, **kw)
-  if has_modes:
-    result["ged_ideal"] = metrics.ideal_geds(data["modes"], data["mode_probs"], counts,
-                                             seed=seed, **kw)
-    stats = metrics.mode_statistics(samples, data["modes"], data["mode_probs"],
-                                    num_samples=counts, seed=seed, **kw)
-    for key in ("mode_tv", "mode_tv_per_image", "mode_tv_per_image_floor", "mode_freq_sampled"):
-      result[key] = stats[key]
-    result["mode_freq_true"] = [float(v) for v in stats["mode_freq_true"]]
-    result["mode_names"] = list(spec.mode_names)
-  if spec.kind == "flips":
-    result["flip_rates"] = metrics.pixel_flip_rates(samples, data["label"], list(spec.flips))
-  result["num_images"] = int(len(samples))
-  result["conventions"] = {
+def _finite_list(values):
+  return [None if not np.isfinite(v) else float(v) for v in values]
+
+
+class Scorer:
+  """Streaming evaluation: `update` with each batch, `result` at the end.
+
+  Per batch, the distances among the samples, the GED references (modes or graders), the
+  mean prediction and (if different) the graders are computed once and every measure is
+  derived from them; per-image values are kept as scalars, counts are summed, and the first
+  `keep_images` images are kept for the figures. Random draws (resampled and ideal GEDs, the
+  mode-statistics floor) are seeded per image, so the result does not depend on the batching.
+
+  Args:
+    spec: the dataset's `input_pipeline.DatasetSpec`.
+    num_samples: sample counts `n` to score (prefixes of each image's samples).
+    seed: seed of the draws.
+    keep_images: images kept for the figures.
+  """
+
+  def __init__(self, spec, num_samples, seed=0, keep_images=KEEP_IMAGES):
+    self.spec = spec
+    self.counts = sorted(int(n) for n in num_samples)
+    self.seed = seed
+    self.keep_images = keep_images
+    self.kw = dict(num_classes=spec.num_classes,
+                   class_ids=None if spec.class_ids is None else list(spec.class_ids),
+                   ignore_index=input_pipeline.VOID if spec.kind == "flips" else None)
+    self.images = 0
+    self.per_image = {}  # name -> {str(n) or "": list of per-image values}
+    self.mode_partials = []
+    self.flip_counts = None
+    self.reliability = np.zeros((RELIABILITY_BINS, 3))
+    self.kept = {}
+    self.num_raters = None
+
+  def _add(self, name, values, key=""):
+    self.per_image.setdefault(name, {}).setdefault(key, []).extend(np.asarray(values).tolist())
+
+  def update(self, batch):
+    """Scores one batch (a dict as `sample_batches` yields, or the whole split at once).
+
+    Without `probabilities` (label maps only) `ncc` is left out.
+    """
+    spec, kw, counts = self.spec, self.kw, self.counts
+    samples = batch["samples"]
+    batch_size, s = samples.shape[:2]
+    has_modes = "modes" in batch
+    gt = batch["modes"] if has_modes else batch["references"]
+    gt_w = np.asarray(batch["mode_probs"] if has_modes else batch["reference_weights"],
+                      np.float64)
+    gt_w = gt_w / gt_w.sum(axis=1, keepdims=True)
+    graders_are_gt = not has_modes or spec.kind == "flips"  # flips: references are the modes
+    graders = batch["references"]
+    g_w = np.asarray(batch["reference_weights"], np.float64)
+    g_w = g_w / g_w.sum(axis=1, keepdims=True)
+    r = gt.shape[1]
+    groups = [samples, gt, batch["mean_prediction"][:, None]]
+    if not graders_are_gt:
+      groups.append(graders)
+    d = metrics.pairwise_distances(groups, void_from=gt, void_weights=gt_w, **kw)
+    y = s + np.arange(r)
+    mean = s + r
+    g = y if graders_are_gt else mean + 1 + np.arange(graders.shape[1])
+    d_yy = d[:, y][:, :, y]
+    ncc = metrics.s_ncc(batch["probabilities"], graders, g_w, num_classes=spec.num_classes,
+                        ignore_index=kw["ignore_index"], num_samples=[n for n in counts if n >= 2]
+                        ) if counts[-1] >= 2 and "probabilities" in batch else {}
+    for n in counts:
+      key = str(n)
+      ged = metrics.ged_from_distances(d[:, :n][:, :, y], d[:, :n, :n], d_yy, gt_w)[0]
+      self._add("ged", ged, key)
+      self._add("hm_iou", metrics.matched_iou_from_distances(d[:, :n][:, :, g], g_w), key)
+      if n >= 2:
+        self._add("diversity", metrics.diversity_from_distances(d[:, :n, :n]), key)
+      if key in ncc:
+        self._add("ncc", ncc[key], key)
+      if spec.kind == "graders" and spec.num_classes == 2:  # QUBIQ: binary multi-rater tasks
+        self._add("qubiq_dice", metrics.qubiq_dice(samples[:, :n], graders), key)
+    if spec.kind == "graders":
+      self.num_raters = int(graders.shape[1])
+    self._add("ged_mean_prediction", metrics.ged_from_distances(
+        d[:, mean:mean + 1][:, :, y], d[:, mean:mean + 1, mean:mean + 1], d_yy, gt_w)[0])
+    pool = np.concatenate([np.arange(s), y])
+    resampled = metrics.resampled_ged_from_distances(
+        d[:, pool][:, :, pool], s, gt_w, counts, seed=self.seed, first_image=self.images)
+    for key, values in resampled.items():
+      self._add("ged_resampled", values, key)
+    if has_modes:
+      ideal = metrics.ideal_geds_from_distances(d_yy, gt_w, counts, seed=self.seed,
+                                                first_image=self.images)
+      for kind, per_n in ideal.items():
+        for key, values in per_n.items():
+          self._add("ged_ideal_" + kind, values, key)
+      assigned = metrics.assign_modes_from_distances(d[:, :s][:, :, y], gt_w)
+      self.mode_partials.append(metrics.mode_statistics_partial(
+          assigned, gt_w, counts, seed=self.seed, first_image=self.images))
+    if spec.kind == "flips":
+      flips = list(spec.flips)
+      counts_f = metrics.pixel_flip_counts(samples, batch["label"], flips)
+      self.flip_counts = counts_f if self.flip_counts is None else self.flip_counts + counts_f
+    self.reliability += metrics.reliability_counts(samples, gt, gt_w, bins=RELIABILITY_BINS,
+                                                   **kw)
+    room = self.keep_images - self.images
+    if room > 0:
+      for key in ("image", "samples", "modes", "mode_probs", "references"):
+        if key in batch:
+          part = np.asarray(batch[key][:room])
+          self.kept[key] = part if key not in self.kept else np.concatenate(
+              [self.kept[key], part])
+    self.images += batch_size
+
+  def result(self):
+    """The metrics dict (see the module docstring); JSON-ready."""
+    counts, kw, spec = self.counts, self.kw, self.spec
+    per = self.per_image
+    mean = lambda name: {k: _nanmean(v) for k, v in per.get(name, {}).items()}  # noqa: E731
+    result = {"ged": mean("ged"), "hm_iou": mean("hm_iou"), "diversity": mean("diversity"),
+              "ncc": mean("ncc"),
+              "dropped_nan_images": {k: int(np.sum(~np.isfinite(np.asarray(v, float))))
+                                     for k, v in per["ged"].items()},
+              "per_image": {"ged": {k: _finite_list(v) for k, v in per["ged"].items()},
+                            "hm_iou": {k: _finite_list(v) for k, v in per["hm_iou"].items()}}}
+    if spec.kind == "graders":  # R from the data
+      result["num_raters"] = self.num_raters
+      if spec.num_classes == 2:
+        result["qubiq_dice"] = mean("qubiq_dice")
+    result["ged_mean_prediction"] = _nanmean(per["ged_mean_prediction"][""])
+    result["ged_resampled"] = mean("ged_resampled")
+    has_modes = bool(self.mode_partials)
+    if has_modes:
+      result["ged_ideal"] = {"iid": mean("ged_ideal_iid"), "set": mean("ged_ideal_set")}
+      stats = metrics.reduce_mode_statistics(self.mode_partials)
+      for key in ("mode_tv", "mode_tv_per_image", "mode_tv_per_image_floor",
+                  "mode_freq_sampled"):
+        result[key] = stats[key]
+      result["mode_freq_true"] = [float(v) for v in stats["mode_freq_true"]]
+      result["mode_names"] = list(spec.mode_names)
+    if self.flip_counts is not None:
+      result["flip_rates"] = metrics.flip_rates_from_counts(self.flip_counts, list(spec.flips),
+                                                            _class_names(spec))
+    result["reliability"] = metrics.reliability_diagram(self.reliability)
+    result["ece"] = result["reliability"]["ece"]
+    result["num_images"] = int(self.images)
+    result["conventions"] = _conventions(has_modes, kw, counts, spec)
+    return result
+
+
+def _class_names(spec):
+  """`{class id: name}` of a flip dataset's switchable classes: the name of the mode flipping
+  only that class (mode index `2^(F - 1 - k)` for flip `k`), or None without mode names."""
+  f = len(spec.flips)
+  if len(spec.mode_names) != 2**f:
+    return None
+  return {c: spec.mode_names[2**(f - 1 - k)] for k, (c, _, _) in enumerate(spec.flips)}
+
+
+def _conventions(has_modes, kw, counts, spec):
+  weights = "the mode probabilities" if spec.kind == "flips" else "uniform weights"
+  return {
       "ged_reference": ("exact modes weighted by their probabilities" if has_modes else
                         "graders with uniform weights"),
       "distance": ("1 - foreground IoU; two empty masks at distance 0, one empty at 1"
@@ -159,8 +280,15 @@ def score(data, spec, num_samples, seed=0):
       "samples": f"the first n of {max(counts)} samples drawn once per image",
       "nan_images": "images whose GED is NaN are dropped before the mean (counted under "
                     "dropped_nan_images)",
-      "hm_iou": "Hungarian matching on 1 - IoU, graders and samples tiled to lcm(n, R)",
+      "hm_iou": f"optimal transport on 1 - IoU between the samples (mass 1/n each) and the "
+                f"graders ({weights}); for uniform weights the Hungarian matching after tiling "
+                f"both to lcm(n, R)",
+      "ncc": f"PHiSeg's S_NCC from the samples' softmax probabilities against the graders, "
+             f"mean over graders with {weights}",
       "diversity": "mean d(S, S') over i != i'",
+      "ece": f"reliability of the per-pixel class frequency over the {max(counts)} samples "
+             f"against the frequency over the GED references (weighted), "
+             f"{RELIABILITY_BINS} bins",
       "ged_mean_prediction": "the prior-mean prediction as one deterministic sample",
       "qubiq_dice": "binary graders: mean over t = 0.1..0.9 of Dice(mean of the n sample masks "
                     "> t, mean of the R rater masks > t); two empty masks give Dice 1",
@@ -169,7 +297,38 @@ def score(data, spec, num_samples, seed=0):
       "ged_ideal": "where modes are known: GED of n iid draws from the true modes ('iid', "
                        "a perfect sampler) and of the modes repeated in proportion ('set')",
   }
-  return result
+
+
+def score(data, spec, num_samples, seed=0):
+  """All measures for samples drawn for a whole split at once (`data` as one `sample_batches`
+  batch). Returns the metrics dict; equal to streaming the same images batch by batch."""
+  scorer = Scorer(spec, num_samples, seed)
+  scorer.update(data)
+  return scorer.result()
+
+
+def evaluate_model(model, batches, spec, num_samples, seed=0, total=None):
+  """Samples and scores a split batch by batch: `(metrics dict, kept images for figures)`."""
+  counts = sorted(int(n) for n in num_samples)
+  scorer = Scorer(spec, counts, seed)
+  timed, timed_samples, first = 0.0, 0, None
+  for i, batch in enumerate(sample_batches(model, batches, max(counts), spec.num_classes, seed,
+                                           total)):
+    scorer.update(batch)
+    if i:  # the first call traces the graph
+      timed += batch["sample_seconds"]
+      timed_samples += batch["samples"].shape[0] * batch["samples"].shape[1]
+    else:
+      first = batch["image"]
+  if not timed_samples and first is not None:  # one batch: timed on a second call
+    for i, again in enumerate(sample_batches(model, [{"image": first}] * 2, max(counts),
+                                             spec.num_classes, seed)):
+      if i:
+        timed = again["sample_seconds"]
+        timed_samples = again["samples"].shape[0] * again["samples"].shape[1]
+  result = scorer.result()
+  result["seconds_per_sample"] = timed / max(timed_samples, 1)
+  return result, scorer.kept
 
 
 def _label(model_dir):
@@ -179,6 +338,10 @@ def _label(model_dir):
 def report_markdown(results, counts):
   """A table like the paper's: one row per model, GED and HM-IoU per sample count."""
   lines = ["# Evaluation report", ""]
+  splits = sorted({f"{r.get('dataset', '?')}:{r.get('split', '?')}" for r in results.values()})
+  lines += [f"Scored on {', '.join(splits)} ({next(iter(results.values()))['num_images']} "
+            "images). Settings are chosen on the validation split; the test split is scored "
+            "once.", ""]
   header = ["model", "step"] + [f"GED{n}" for n in counts] + [f"HM-IoU{n}" for n in counts] + \
       ["GED mean pred.", "--model", "ms / sample"]
   lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -219,8 +382,18 @@ def report_markdown(results, counts):
     for label, r in results.items():
       lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in r["mode_freq_sampled"][n])
                    + " |")
+  ncc_counts = [n for n in counts if str(n) in first["ncc"]]
+  lines += ["", "## S_NCC, diversity and calibration", "",
+            "| model | " + " | ".join(f"S_NCC{n}" for n in ncc_counts) + " | " +
+            " | ".join(f"diversity{n}" for n in ncc_counts) + " | ECE |",
+            "|---|" + "---|" * (2 * len(ncc_counts) + 1)]
+  for label, r in results.items():
+    lines.append(f"| {label} | " + " | ".join(
+        [f"{r['ncc'][str(n)]:.4f}" for n in ncc_counts] +
+        [f"{r['diversity'][str(n)]:.4f}" for n in ncc_counts] + [f"{r['ece']:.4f}"]) + " |")
+  lines += ["", "![reliability diagram](reliability.png)"]
   if "flip_rates" in first:
-    lines += ["", "## Pixel flip rates (sampled / true)", ""]
+    lines += ["", "## Pixel flip rates (sampled / true)", "", "![flip rates](flip_rates.png)", ""]
     for label, r in results.items():
       lines.append(f"- {label}: " + ", ".join(
           f"{k} {v['sampled']:.3f} / {v['true']:.3f}" for k, v in r["flip_rates"].items()))
@@ -232,19 +405,22 @@ def summary_table(label, result, counts):
   """The console table: GED (and the mean-prediction baseline), HM-IoU and mode calibration."""
   has_modes = "mode_tv" in result
   per_sample = result.get("seconds_per_sample")
-  lines = [f"{label} (step {result.get('step', '?')}) on {result.get('dataset', '?')}:"
-           f"{result.get('split', '?')}, {result['num_images']} images"
+  lines = [f"{label} (step {result.get('step', '?')}) scored on the "
+           f"{result.get('split', '?')} split of {result.get('dataset', '?')}, "
+           f"{result['num_images']} images"
            + ("" if per_sample is None else f", {1000 * per_sample:.2f} ms per sample"),
-           "   n     GED  GED(mean pred)  HM-IoU" +
+           "   n     GED  GED(mean pred)  HM-IoU   S_NCC" +
            ("  mode_tv  mode_tv/img  floor/img" if has_modes else "")]
   for n in counts:
     k = str(n)
+    ncc = result["ncc"].get(k, float("nan"))
     row = (f"{n:4d}  {result['ged'][k]:6.4f}  {result['ged_mean_prediction']:14.4f}  "
-           f"{result['hm_iou'][k]:6.4f}")
+           f"{result['hm_iou'][k]:6.4f}  {ncc:6.4f}")
     if has_modes:
       row += (f"  {result['mode_tv'][k]:7.4f}  {result['mode_tv_per_image'][k]:11.4f}  "
               f"{result['mode_tv_per_image_floor'][k]:9.4f}")
     lines.append(row)
+  lines.append(f"ECE of the per-pixel frequencies: {result['ece']:.4f}")
   if "ged_ideal" in result:
     ref = result["ged_ideal"]
     lines.append("GED of ideal models (true modes): iid sampler " + ", ".join(
@@ -299,37 +475,46 @@ def run(config, log=print):
     label = _label(model_dir)
     log(f"Evaluating {label} (step {info['step']}) on {info['dataset']}:{config.split} with "
         f"{max(counts)} samples per image")
+    total = builder.info.splits[config.split].num_examples
+    total = min(total, config.limit) if config.limit else total
     with input_pipeline.input_errors(builder, (config.split,)):
-      data = draw_samples(model, builder, spec, config.split, max(counts), config.batch_size,
-                          config.limit, config.seed)
-    result = score(data, spec, counts, config.seed)
+      batches = input_pipeline.eval_dataset(builder, spec, config.batch_size, split=config.split,
+                                            limit=config.limit or None)
+      result, kept = evaluate_model(model, batches, spec, counts, config.seed, total)
     result.update(model_dir=model_dir, step=info["step"], dataset=info["dataset"],
-                  split=config.split, model=info["model"],
-                  seconds_per_sample=data["seconds_per_sample"])
+                  split=config.split, model=info["model"])
     results[label] = result
-    figures[label] = (data, spec)
+    figures[label] = (kept, spec)
   out = config.output_dir
   os.makedirs(out, exist_ok=True)
   combined = next(iter(results.values())) if len(results) == 1 else {"models": results}
   run_dir.atomic_write(os.path.join(out, "metrics.json"), json.dumps(combined, indent=1))
   run_dir.atomic_write(os.path.join(out, "report.md"), report_markdown(results, counts))
-  for label, (data, spec) in figures.items():
+  written = ["samples.png", "ged_distribution.png", "reliability.png"]
+  for label, (kept, spec) in figures.items():
     suffix = "" if len(figures) == 1 else f"_{label}"
-    refs = data["modes"] if "modes" in data else data["references"]
+    refs = kept["modes"] if "modes" in kept else kept["references"]
     titles = None
-    if "mode_probs" in data:
-      probs = data["mode_probs"]
+    if "mode_probs" in kept:
+      probs = kept["mode_probs"]
       if refs.shape[1] > plots.MAX_REFERENCES:  # e.g. Cityscapes' 32 modes: the most probable
         order = np.argsort(-probs, axis=1, kind="stable")[:, :plots.MAX_REFERENCES]
         refs = np.take_along_axis(refs, order[:, :, None, None], axis=1)
         probs = np.take_along_axis(probs, order, axis=1)
       titles = [[f"p={p:.2f}" for p in row] for row in probs]
-    plots.sample_grid(os.path.join(out, f"samples{suffix}.png"), data["image"], refs,
-                      data["samples"], spec.num_classes, titles)
+    plots.sample_grid(os.path.join(out, f"samples{suffix}.png"), kept["image"], refs,
+                      kept["samples"], spec.num_classes, titles)
+  plots.reliability_diagram(os.path.join(out, "reliability.png"),
+                            {k: r["reliability"] for k, r in results.items()})
+  first = next(iter(results.values()))
+  if "flip_rates" in first:
+    plots.flip_rates(os.path.join(out, "flip_rates.png"),
+                     {k: r["flip_rates"] for k, r in results.items()})
+    written.append("flip_rates.png")
   plots.ged_distribution(os.path.join(out, "ged_distribution.png"),
                          {k: r["per_image"]["ged"] for k, r in results.items()})
-  first = next(iter(results.values()))
   if "mode_freq_true" in first:
+    written.append("mode_frequencies.png")
     n = str(max(counts))
     plots.mode_frequencies(os.path.join(out, "mode_frequencies.png"), first["mode_freq_true"],
                            {k: r["mode_freq_sampled"][n] for k, r in results.items()},
@@ -341,5 +526,5 @@ def run(config, log=print):
           f"{name}: {'PASS' if ok else 'FAIL'} ({got:.3f} vs {want:.3f})"
           for name, (ok, got, want) in demo_targets(result).items()))
   log(f"Wrote {os.path.join(out, 'metrics.json')}, report.md and figures "
-      f"(samples.png, ged_distribution.png{', mode_frequencies.png' if 'mode_freq_true' in first else ''}).")
+      f"({', '.join(written)}).")
   return results

@@ -1,4 +1,5 @@
-"""Figures written next to the numbers: sample grids, GED distributions, mode frequencies.
+"""Figures written next to the numbers: sample grids, GED distributions, mode frequencies,
+reliability diagrams, flip rates.
 
 Every function takes NumPy arrays and a path, writes a PNG atomically and returns the path
 (`sample_grid_image` returns the grid as an array instead, for TensorBoard).
@@ -132,13 +133,55 @@ def mode_frequencies(path, freq_true, freq_sampled, mode_names=None):
   m = len(freq_true)
   names = list(mode_names) if mode_names is not None and len(mode_names) == m else \
       [str(i) for i in range(m)]
-  series = {"true": freq_true, **freq_sampled}
+  return _grouped_bars(path, names, {"true": freq_true, **freq_sampled}, "frequency")
+
+
+def _grouped_bars(path, names, series, ylabel, width_per_bar=0.45):
+  """One group of bars per name, one bar per series (`{label: [len(names)] values}`)."""
+  m = len(names)
   width = 0.8 / len(series)
-  fig, ax = plt.subplots(figsize=(max(4, 0.45 * m * len(series)), 3.2))
-  for k, (label, freq) in enumerate(series.items()):
-    ax.bar(np.arange(m) + (k - (len(series) - 1) / 2) * width, freq, width, label=label)
+  fig, ax = plt.subplots(figsize=(max(4, width_per_bar * m * len(series)), 3.2))
+  for k, (label, values) in enumerate(series.items()):
+    ax.bar(np.arange(m) + (k - (len(series) - 1) / 2) * width, values, width, label=label)
   ax.set_xticks(np.arange(m))
-  ax.set_xticklabels(names, rotation=45 if m > 6 else 0, fontsize=7, ha="right" if m > 6 else "center")
-  ax.set_ylabel("frequency")
+  ax.set_xticklabels(names, rotation=45 if m > 6 else 0, fontsize=7,
+                     ha="right" if m > 6 else "center")
+  ax.set_ylabel(ylabel)
   ax.legend(fontsize=7)
   return _save(fig, path)
+
+
+def reliability_diagram(path, diagrams):
+  """Reliability diagram: mean observed against mean predicted per-pixel frequency per bin.
+
+  Args:
+    path: output PNG.
+    diagrams: `{label: metrics.reliability_diagram(...)}` (bins, means and `ece`).
+  """
+  fig, ax = plt.subplots(figsize=(3.6, 3.4))
+  ax.plot([0, 1], [0, 1], color="gray", lw=1, ls="--", label="calibrated")
+  for k, (label, diagram) in enumerate(diagrams.items()):
+    pairs = [(p, o) for p, o in zip(diagram["predicted"], diagram["observed"]) if p is not None]
+    if pairs:
+      x, y = zip(*pairs)
+      ax.plot(x, y, marker="o", ms=3, color=plt.get_cmap("tab10")(k),
+              label=f"{label} (ECE {diagram['ece']:.3f})")
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1)
+  ax.set_xlabel("frequency over the samples")
+  ax.set_ylabel("frequency over the references")
+  ax.legend(fontsize=7)
+  return _save(fig, path)
+
+
+def flip_rates(path, rates):
+  """Per switchable class: sampled flip frequency against its true probability (bar chart).
+
+  Args:
+    path: output PNG.
+    rates: `{label: {class name: {"sampled": float, "true": float, ...}}}`.
+  """
+  names = list(next(iter(rates.values())))
+  series = {"true": [next(iter(rates.values()))[n]["true"] for n in names]}
+  series.update({label: [r[n]["sampled"] for n in names] for label, r in rates.items()})
+  return _grouped_bars(path, names, series, "flip frequency", width_per_bar=0.6)

@@ -5,11 +5,13 @@ label maps written by any model. All inputs are integer label maps; shapes are
 `[B, S, H, W]` (B images, S masks per image) unless stated otherwise. Every function is
 vectorised over masks and pixels; work is done in chunks of images to bound memory.
 
-Modules: `distance` (validation and the `1 - IoU` distance core, `iou_distance_matrix`), `ged`
-(GED, sample diversity, ideal and resampled GED), `matching` (HM-IoU), `ncc` (S_NCC), `modes`
-(mode statistics, pixel flip rates), `calibration` and `qubiq` (the QUBIQ score). Every public
-name is re-exported here, so
-`from tf_prob_unet import metrics; metrics.ged(...)` works.
+Modules: `distance` (validation and the `1 - IoU` distance core, `iou_distance_matrix`,
+`pairwise_distances`), `ged` (GED, sample diversity, ideal and resampled GED), `matching` (HM-IoU),
+`ncc` (S_NCC), `modes` (mode statistics, pixel flip rates), `calibration` (reliability diagram,
+ECE) and `qubiq` (the QUBIQ score). Every public name is re-exported here, so
+`from tf_prob_unet import metrics; metrics.ged(...)` works. The `*_from_distances`, `*_partial`
+and `*_counts` forms let a caller compute the distances of a batch once and sum a split's
+statistics batch by batch.
 
 Conventions (docs/evaluation.md points here):
 
@@ -60,20 +62,24 @@ NaN rules.
     before averaging, MoSE takes a nanmean) and say how many were dropped.
 
 Hungarian-matched IoU (`hungarian_matched_iou`).
-  Samples and references are both tiled to `L = lcm(S, R)` masks (CCDM's convention; for the
-  usual `S = 16`, `R = 4` this is the CAR / PixelSeg convention of repeating the references
-  `S / R` times). The assignment minimises the cost `d` (NaN counted as 1) and the result is
-  the mean IoU `1 - d` over the matched pairs, NaN pairs excluded.
+  An optimal transport of the samples (mass `1/S` each) onto the references (mass: their
+  weights, uniform `1/R` by default) at cost `d` (NaN counted as 1); the result is the mean IoU
+  `1 - d` under the optimal plan, NaN pairs excluded. For uniform weights this equals the
+  Hungarian assignment after tiling both sets to `L = lcm(S, R)` masks (CCDM's convention; for
+  the usual `S = 16`, `R = 4` the CAR / PixelSeg convention of repeating the references `S / R`
+  times); MoSE's "M-IoU" is the same transport.
 
 Sample diversity (`sample_diversity`).
   `E[d(S, S')]` over pairs `i != i'` (SSN's definition; needs `S >= 2`).
 
-S_NCC (`s_ncc`): see its docstring for the exact formula (PHiSeg's).
+S_NCC (`s_ncc`, `s_ncc_labels`): see their docstrings for the exact formula (PHiSeg's). `s_ncc`
+  takes the samples' class probabilities (PHiSeg's definition); `s_ncc_labels` the same formula
+  on one-hot samples. The mean over references is weighted by the reference weights.
 
 Implementation.
-  Per evaluated class, every mask's indicator is bit-packed (64 pixels per uint64 word) and the
-  intersections of all needed mask pairs are popcounts of word-wise ANDs, restricted per image
-  to the span of words that some mask occupies. Counts are exact integers, so results do not
+  Per evaluated class, the sizes and pairwise intersections of all masks of an image are one
+  Gram matrix `X X^T` of their 0/1 indicators `X` `[M, P]` (a BLAS matrix product), restricted
+  to the pixels where some mask holds the class. Counts are exact integers, so results do not
   depend on the chunking.
 
 Mode statistics (`assign_modes`, `mode_statistics`, `pixel_flip_rates`).
@@ -84,31 +90,63 @@ Mode statistics (`assign_modes`, `mode_statistics`, `pixel_flip_rates`).
   `#pred c_2 / (#pred c + #pred c_2)`.
 """
 
+from tf_prob_unet.metrics.calibration import expected_calibration_error
+from tf_prob_unet.metrics.calibration import reliability_counts
+from tf_prob_unet.metrics.calibration import reliability_diagram
 from tf_prob_unet.metrics.distance import iou_distance_matrix
+from tf_prob_unet.metrics.distance import pairwise_distances
 from tf_prob_unet.metrics.ged import _stratified_counts
+from tf_prob_unet.metrics.ged import diversity_from_distances
 from tf_prob_unet.metrics.ged import ged
+from tf_prob_unet.metrics.ged import ged_from_distances
 from tf_prob_unet.metrics.ged import ideal_geds
+from tf_prob_unet.metrics.ged import ideal_geds_from_distances
 from tf_prob_unet.metrics.ged import resampled_ged
+from tf_prob_unet.metrics.ged import resampled_ged_from_distances
 from tf_prob_unet.metrics.ged import sample_diversity
 from tf_prob_unet.metrics.matching import hungarian_matched_iou
+from tf_prob_unet.metrics.matching import matched_iou_from_distances
+from tf_prob_unet.metrics.matching import transport_plan
 from tf_prob_unet.metrics.modes import assign_modes
+from tf_prob_unet.metrics.modes import assign_modes_from_distances
+from tf_prob_unet.metrics.modes import flip_rates_from_counts
 from tf_prob_unet.metrics.modes import mode_statistics
+from tf_prob_unet.metrics.modes import mode_statistics_partial
+from tf_prob_unet.metrics.modes import pixel_flip_counts
 from tf_prob_unet.metrics.modes import pixel_flip_rates
+from tf_prob_unet.metrics.modes import reduce_mode_statistics
 from tf_prob_unet.metrics.ncc import s_ncc
+from tf_prob_unet.metrics.ncc import s_ncc_labels
 from tf_prob_unet.metrics.qubiq import QUBIQ_THRESHOLDS
 from tf_prob_unet.metrics.qubiq import qubiq_dice
 
 __all__ = [
+    "expected_calibration_error",
+    "reliability_counts",
+    "reliability_diagram",
     "iou_distance_matrix",
+    "pairwise_distances",
+    "diversity_from_distances",
     "ged",
-    "hungarian_matched_iou",
-    "sample_diversity",
-    "s_ncc",
-    "assign_modes",
-    "mode_statistics",
+    "ged_from_distances",
     "ideal_geds",
+    "ideal_geds_from_distances",
     "resampled_ged",
+    "resampled_ged_from_distances",
+    "sample_diversity",
+    "hungarian_matched_iou",
+    "matched_iou_from_distances",
+    "transport_plan",
+    "assign_modes",
+    "assign_modes_from_distances",
+    "flip_rates_from_counts",
+    "mode_statistics",
+    "mode_statistics_partial",
+    "pixel_flip_counts",
     "pixel_flip_rates",
+    "reduce_mode_statistics",
+    "s_ncc",
+    "s_ncc_labels",
     "qubiq_dice",
     "QUBIQ_THRESHOLDS",
 ]

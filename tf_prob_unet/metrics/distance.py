@@ -1,21 +1,22 @@
 """Validation helpers and the distance `d = 1 - IoU` between label maps (see the package docstring).
 
 Implementation.
-  Per evaluated class, every mask's indicator is bit-packed (64 pixels per uint64 word) and the
-  intersections of all needed mask pairs are popcounts of word-wise ANDs, restricted per image
-  to the span of words that some mask occupies. Counts are exact integers, so results do not
+  Per evaluated class, the sizes and pairwise intersections of all masks of an image are one
+  Gram matrix `X X^T` of their 0/1 indicators `X` `[M, P]` (a BLAS matrix product), restricted
+  to the pixels where some mask holds the class. Counts are exact integers, so results do not
   depend on the chunking.
 """
 
 import numpy as np
 
-__all__ = ["iou_distance_matrix"]
+__all__ = ["iou_distance_matrix", "pairwise_distances"]
 
 # Elements (masks x pixels) of one image chunk: bounds the per-class indicator buffers.
 _CHUNK_ELEMENTS = 1 << 22
 _MAX_CHUNK_IMAGES = 64
-# Bytes of one block of pair products (kept cache-sized).
-_PAIR_BYTES = 1 << 18
+# Above this fraction of pixels where some mask holds the class, the Gram matrices of a chunk
+# are one batched product over all pixels; below it, one product per image over its support.
+_DENSE_SUPPORT = 0.5
 _WEIGHT_ATOL = 1e-5
 
 
@@ -139,91 +140,69 @@ def _void_valid(refs, ignore_index, weights=None):
   """
   if ignore_index is None:
     return None
-  void = refs == ignore_index
-  if weights is not None:
-    void &= (weights > 0)[:, :, None, None]
-  void = void.any(axis=1)
+  keep = np.ones(refs.shape[:2], bool) if weights is None else weights > 0
+  void = np.zeros((refs.shape[0],) + refs.shape[2:], bool)
+  for j in range(refs.shape[1]):  # one reference at a time: no [B, R, H, W] bool buffer
+    hit = refs[:, j] == ignore_index
+    if not keep[:, j].all():
+      hit &= keep[:, j, None, None]
+    void |= hit
   if not void.any():
     return None
   return ~void
 
 
 # ----------------------------------------------------------------------------------------------
-# Core: bit-packed class indicators and pairwise intersection counts.
+# Core: per-class Gram matrices of mask indicators.
 #
-# Every mask's indicator of one class (zeroed on void pixels) is packed to bits, 64 pixels
-# (in row-major order) per uint64 word. The intersection of two masks is the popcount of the
-# AND of their words. Per image, only the span of words that is non-zero in some mask enters
-# the pair products, so the cost follows the area the masks cover rather than the image size.
+# For one class, the indicators of all masks of an image (zeroed on void pixels) form a 0/1
+# matrix X `[M, P]`; its Gram matrix X X^T holds every mask's size on the diagonal and every
+# pair's intersection off it, computed by one matrix product (BLAS). Only the pixels where some
+# mask holds the class enter the product, so the cost follows the area the class covers rather
+# than the image size. Counts are integers below 2^24 (float32 is exact) or computed in float64.
 
 
 def _chunk_images(per_image_elements):
   return int(max(1, min(_MAX_CHUNK_IMAGES, _CHUNK_ELEMENTS // max(per_image_elements, 1))))
 
 
-def _pack(x, c, valid, plain):
-  """Bit-packs the indicator of label `c`.
+def _indicator(x, c, valid, plain):
+  """`[n, M, P]` bool indicator of label `c` in `x` `[n, M, P]`, zero where `valid` is False.
 
-  Args:
-    x: `[n, M, P]` labels (pixels flattened).
-    c: class id.
-    valid: `[n, 1, P]` bool or None.
-    plain: `x` holds only 0 and 1, `c == 1` and `valid` is None: pack `x` as it is.
-
-  Returns:
-    `[n, M, W]` uint64 words, `W = ceil(P / 64)`; zero bits pad the last word.
+  `plain`: `x` holds only 0 and 1, `c == 1` and `valid` is None: `x` is the indicator.
   """
   if plain:
-    m = x
-  else:
-    m = x == c
-    if valid is not None:
-      m &= valid
-  packed = np.packbits(m, axis=-1)
-  rem = packed.shape[-1] % 8
-  if rem:
-    pad = np.zeros(packed.shape[:-1] + (8 - rem,), np.uint8)
-    packed = np.concatenate([packed, pad], axis=-1)
-  return packed.view(np.uint64)
+    return x.view(bool) if x.dtype.itemsize == 1 else x.astype(bool)
+  m = x == c
+  if valid is not None:
+    m &= valid
+  return m
 
 
-def _pair_counts(q, pi, pj):
-  """Mask sizes and pairwise intersections of bit-packed masks.
+def _gram(x):
+  """`[..., M, M]` int64 Gram matrix of the `[..., M, P]` 0/1 float matrix `x`."""
+  return np.rint(np.matmul(x, np.swapaxes(x, -1, -2))).astype(np.int64)
+
+
+def _class_counts(m):
+  """Mask sizes and pairwise intersections of one class's indicators.
 
   Args:
-    q: `[n, M, W]` uint64 packed masks.
-    pi, pj: `[K]` mask indices of the pairs.
+    m: `[n, M, P]` bool indicators.
 
   Returns:
-    `(sizes [n, M], inter [n, K])`, int64 pixel counts.
+    `[n, M, M]` int64: sizes on the diagonal, intersections off it.
   """
-  n, _, words = q.shape
-  sizes = np.bitwise_count(q).sum(axis=-1, dtype=np.int64)
-  inter = np.zeros((n, len(pi)), np.int64)
-  if len(pi) == 0:
-    return sizes, inter
-  # Per image, the span [first, stop) of words that are non-zero in some mask.
-  nonzero = np.bitwise_or.reduce(q, axis=1) != 0  # [n, W]
-  occupied = nonzero.any(axis=1)
-  first = np.where(occupied, nonzero.argmax(axis=1), words)
-  stop = np.where(occupied, words - nonzero[:, ::-1].argmax(axis=1), 0)
-  span = int(np.max(stop - first, initial=0))
-  if span <= 0:
-    return sizes, inter
-  # Blocks of a few images keep the pair products cache-sized.
-  step = max(1, _PAIR_BYTES // (len(pi) * span * 8))
-  starts = np.arange(0, n, step)
-  lows = np.minimum.reduceat(first, starts).tolist()
-  highs = np.maximum.reduceat(stop, starts).tolist()
-  acc = np.uint32 if words * 64 < 2**32 else np.int64
-  for lo, start, end in zip(starts.tolist(), lows, highs):
-    if end <= start:
-      continue
-    block = q[lo:lo + step, :, start:end]
-    both = block[:, pi]
-    both &= block[:, pj]
-    inter[lo:lo + step] = np.bitwise_count(both).sum(axis=-1, dtype=acc)
-  return sizes, inter
+  n, masks, pixels = m.shape
+  dtype = np.float32 if pixels < 2**24 else np.float64
+  support = m.any(axis=1)  # [n, P]: pixels where some mask holds the class
+  if support.mean() > _DENSE_SUPPORT:
+    return _gram(m.astype(dtype))
+  out = np.zeros((n, masks, masks), np.int64)
+  for i in range(n):
+    if support[i].any():
+      out[i] = _gram(np.compress(support[i], m[i], axis=1).astype(dtype))
+  return out
 
 
 def _pair_distances(groups, plains, valid, binary, classes, pi, pj):
@@ -255,11 +234,15 @@ def _pair_distances(groups, plains, valid, binary, classes, pi, pj):
     iou_sum = np.zeros((n, len(pi)))
     present = np.zeros((n, len(pi)), np.int64)
     self_present = np.zeros((n, total), bool)
+    x = np.concatenate([g[lo:hi].reshape(n, k, pixels) for g, k in zip(groups, counts)], axis=1)
+    plain = binary and all(plains) and v is None
+    if v is not None and n == 1:  # drop the void pixels once instead of masking every class
+      x, v = np.compress(v[0, 0], x, axis=2), None
     for c in classes:
-      q = np.concatenate(
-          [_pack(g[lo:hi].reshape(n, m, pixels), c, v, binary and plain and v is None)
-           for g, m, plain in zip(groups, counts, plains)], axis=1)
-      sizes, inter = _pair_counts(q, pi, pj)
+      m = _indicator(x, c, v, plain)
+      gram = _class_counts(m)
+      sizes = np.diagonal(gram, axis1=1, axis2=2)
+      inter = gram[:, pi, pj]
       union = sizes[:, pi] + sizes[:, pj] - inter
       has = union > 0
       iou = np.divide(inter, union, out=np.zeros(union.shape), where=has)
@@ -289,11 +272,11 @@ def _cross_distances(a, plain_a, b, plain_b, valid, binary, classes):
 
 
 def _checked_cross_distances(samples, references, references_name, num_classes, class_ids,
-                             ignore_index, weights=None):
+                             ignore_index, weights=None, weights_name="mode_probs"):
   """Validates `samples` against `references` and returns `(d [B, S, R], weights or None)`.
 
-  `weights` (`[B, R]` or `[R]`, named `mode_probs`) is checked and used to leave zero-weight
-  references out of the void mask.
+  `weights` (`[B, R]` or `[R]`, named `weights_name` in errors) is checked and used to leave
+  zero-weight references out of the void mask.
   """
   binary, classes = _resolve_classes(num_classes, class_ids, ignore_index)
   samples, plain_s = _labels(samples, "samples", num_classes, ignore_index)
@@ -301,7 +284,7 @@ def _checked_cross_distances(samples, references, references_name, num_classes, 
   _check_pair(samples, "samples", references, references_name)
   p = None
   if weights is not None:
-    p = _check_weights(weights, references.shape[0], references.shape[1], "mode_probs")
+    p = _check_weights(weights, references.shape[0], references.shape[1], weights_name)
   valid = _void_valid(references, ignore_index, p)
   d = _cross_distances(samples, plain_s, references, plain_r, valid, binary, classes)
   return d, p
@@ -361,3 +344,38 @@ def iou_distance_matrix(a, b, *, num_classes=2, class_ids=None, ignore_index=Non
   _check_pair(a, "a", b, "b")
   valid = _void_valid(b, ignore_index)
   return _cross_distances(a, plain_a, b, plain_b, valid, binary, classes)
+
+
+def pairwise_distances(groups, *, num_classes=2, class_ids=None, ignore_index=None,
+                       void_from=None, void_weights=None):
+  """Distances `d = 1 - IoU` among all masks of `groups`, stacked along the mask axis.
+
+  One pass over the pixels serves every measure built on the distances of these masks (GED
+  terms, matching, diversity, mode assignment, resampled and ideal GEDs).
+
+  Args:
+    groups: list of `[B, Mk, H, W]` label maps; mask `m` of the result indexes their
+      concatenation.
+    num_classes, class_ids, ignore_index: see `iou_distance_matrix`.
+    void_from: optional `[B, R, H, W]` references whose void pixels (with non-zero weight in
+      `void_weights` `[B, R]`, if given) are excluded from every comparison.
+    void_weights: optional validated `[B, R]` weights of `void_from`.
+
+  Returns:
+    `[B, M, M]` float64, symmetric; the diagonal is 0 (NaN for a mask holding no evaluated
+    class in the multi-class convention).
+
+  Raises:
+    ValueError: on malformed inputs.
+  """
+  binary, classes = _resolve_classes(num_classes, class_ids, ignore_index)
+  checked = [_labels(g, f"groups[{k}]", num_classes, ignore_index) for k, g in enumerate(groups)]
+  for k, (g, _) in enumerate(checked[1:], 1):
+    _check_pair(checked[0][0], "groups[0]", g, f"groups[{k}]")
+  valid = None
+  if void_from is not None:
+    refs, _ = _labels(void_from, "void_from", num_classes, ignore_index)
+    _check_pair(checked[0][0], "groups[0]", refs, "void_from")
+    valid = _void_valid(refs, ignore_index, void_weights)
+  return _self_distances([g for g, _ in checked], [plain for _, plain in checked], valid,
+                         binary, classes)

@@ -12,10 +12,14 @@ from tf_prob_unet.metrics.distance import _resolve_classes
 from tf_prob_unet.metrics.distance import _self_distances
 from tf_prob_unet.metrics.distance import _void_valid
 from tf_prob_unet.metrics.distance import _weighted_nanmean
+from tf_prob_unet.metrics.distance import pairwise_distances
 from tf_prob_unet.metrics.modes import _draw_modes
 from tf_prob_unet.metrics.modes import _normalised_cdf
 
-__all__ = ["ged", "sample_diversity", "ideal_geds", "resampled_ged"]
+__all__ = [
+    "ged", "ged_from_distances", "sample_diversity", "diversity_from_distances", "ideal_geds",
+    "ideal_geds_from_distances", "resampled_ged", "resampled_ged_from_distances",
+]
 
 
 def ged(samples, references, reference_weights=None, *, num_classes=2, class_ids=None,
@@ -57,24 +61,42 @@ def ged(samples, references, reference_weights=None, *, num_classes=2, class_ids
   w = _check_weights(reference_weights, batch, r, "reference_weights")
   valid = _void_valid(references, ignore_index, w)
   d = _self_distances([samples, references], [plain_s, plain_r], valid, binary, classes)
-  d_sy, d_ss, d_yy = d[:, :s, s:], d[:, :s, :s], d[:, s:, s:]
+  terms = ged_from_distances(d[:, :s, s:], d[:, :s, :s], d[:, s:, s:], w, unbiased=unbiased)
+  return terms if return_terms else terms[0]
 
+
+def ged_from_distances(d_sy, d_ss, d_yy, reference_weights, *, unbiased=False):
+  """GED per image from its distance matrices (the weighting and NaN rules of `ged`).
+
+  Args:
+    d_sy: `[B, S, R]` sample-reference distances.
+    d_ss: `[B, S, S]` sample-sample distances (diagonal: `d(S_i, S_i)`, 0 or NaN).
+    d_yy: `[B, R, R]` reference-reference distances.
+    reference_weights: `[B, R]` validated weights, rows summing to 1.
+    unbiased: exclude the diagonal pairs.
+
+  Returns:
+    `(ged, e_sy, e_ss, e_yy)`, each `[B]` float64.
+  """
+  s, r = d_sy.shape[1:]
+  w = reference_weights
   w_sy = w[:, None, :] / s
   w_ss = np.full((1, s, s), 1.0 / (s * s))
   w_yy = w[:, :, None] * w[:, None, :]
   if unbiased:
-    off_s = ~np.eye(s, dtype=bool)[None]
-    off_r = ~np.eye(r, dtype=bool)[None]
-    w_ss = np.where(off_s, w_ss, 0.0)
-    w_yy = np.where(off_r, w_yy, 0.0)
+    w_ss = np.where(~np.eye(s, dtype=bool)[None], w_ss, 0.0)
+    w_yy = np.where(~np.eye(r, dtype=bool)[None], w_yy, 0.0)
   e_sy = _weighted_nanmean(d_sy, w_sy)
   e_ss = _weighted_nanmean(d_ss, w_ss)
   # A point-mass reference distribution has no off-diagonal pair: E[d(Y, Y')] = 0.
   e_yy = _weighted_nanmean(d_yy, w_yy, empty_value=0.0)
-  result = 2.0 * e_sy - e_ss - e_yy
-  if return_terms:
-    return result, e_sy, e_ss, e_yy
-  return result
+  return 2.0 * e_sy - e_ss - e_yy, e_sy, e_ss, e_yy
+
+
+def diversity_from_distances(d_ss):
+  """`E[d(S, S')]` over pairs `i != i'` per image from `[B, S, S]` distances (NaN dropped)."""
+  s = d_ss.shape[1]
+  return _weighted_nanmean(d_ss, (~np.eye(s, dtype=bool))[None].astype(np.float64))
 
 
 def sample_diversity(samples, *, num_classes=2, class_ids=None, ignore_index=None,
@@ -105,10 +127,7 @@ def sample_diversity(samples, *, num_classes=2, class_ids=None, ignore_index=Non
     refs, _ = _labels(ignore_mask_from, "ignore_mask_from", num_classes, ignore_index)
     _check_pair(samples, "samples", refs, "ignore_mask_from")
     valid = _void_valid(refs, ignore_index)
-  d = _self_distances([samples], [plain_s], valid, binary, classes)
-  s = d.shape[1]
-  w = (~np.eye(s, dtype=bool))[None].astype(np.float64)
-  return _weighted_nanmean(d, w)
+  return diversity_from_distances(_self_distances([samples], [plain_s], valid, binary, classes))
 
 
 def _stratified_counts(p, n):
@@ -122,18 +141,52 @@ def _stratified_counts(p, n):
   return counts
 
 
-def _mean_ged_of_picks(pool, picks, references, reference_weights, **ged_kwargs):
-  """Mean GED over images of the masks `pool[b, picks[b]]` (`pool` `[B, K, H, W]`, `picks`
-  `[B, n]` indices) as each image's samples."""
-  chosen = np.take_along_axis(np.asarray(pool), picks[:, :, None, None], axis=1)
-  return float(np.nanmean(ged(chosen, references, reference_weights, **ged_kwargs)))
+def _image_rng(seed, n, image):
+  """The generator of image `image` (its index in the split) for sample count `n`."""
+  return np.random.default_rng([int(seed), int(n), int(image)])
+
+
+def _picked_ged(d, picks, refs, weights):
+  """Per-image GED with the masks `picks` `[B, n]` (indices into `d` `[B, T, T]`) as the
+  samples and the masks `refs` `[R]` (weights `[B, R]`) as the references."""
+  b = np.arange(d.shape[0])[:, None, None]
+  d_ss = d[b, picks[:, :, None], picks[:, None, :]]
+  d_sy = d[b, picks[:, :, None], refs[None, None, :]]
+  d_yy = d[:, refs][:, :, refs]
+  return ged_from_distances(d_sy, d_ss, d_yy, weights)[0]
+
+
+def ideal_geds_from_distances(d_yy, mode_probs, num_samples, *, draws=4, seed=0, first_image=0):
+  """Per-image values of `ideal_geds` from the `[B, M, M]` distances among the modes.
+
+  The iid draws of image `b` come from a generator seeded with `[seed, n, first_image + b]`,
+  so the values do not depend on how a split is cut into batches.
+
+  Returns:
+    `{"iid": {str(n): [B]}, "set": {str(n): [B]}}` float64 arrays.
+  """
+  p = mode_probs
+  batch, m = p.shape
+  cdf = _normalised_cdf(p)
+  refs = np.arange(m)
+  out = {"iid": {}, "set": {}}
+  for n in (int(n) for n in num_samples):
+    runs = np.empty((draws, batch))
+    for b in range(batch):
+      rng = _image_rng(seed, n, first_image + b)
+      runs[:, b] = [_picked_ged(d_yy[b:b + 1], _draw_modes(cdf[b:b + 1], n, rng), refs,
+                                p[b:b + 1])[0] for _ in range(draws)]
+    out["iid"][str(n)] = runs.mean(axis=0)
+    out["set"][str(n)] = _picked_ged(d_yy, np.stack(
+        [np.repeat(refs, c) for c in _stratified_counts(p, n)]), refs, p)
+  return out
 
 
 def ideal_geds(modes, mode_probs, num_samples, *, draws=4, seed=0, **ged_kwargs):
   """GED_n of two ideal "models" that know the true modes: reference values for a dataset.
 
   * `iid`: n independent draws from the true mode distribution (a perfect sampler, like the
-    Probabilistic U-Net at its best), averaged over `draws` seeded repetitions;
+    Probabilistic U-Net at its best), averaged per image over `draws` seeded repetitions;
   * `set`: the modes repeated in proportion to their probabilities (largest remainder), a fixed
     set of n masks such as M-Heads or an ensemble at their best.
 
@@ -146,25 +199,35 @@ def ideal_geds(modes, mode_probs, num_samples, *, draws=4, seed=0, **ged_kwargs)
     mode_probs: `[B, M]` (or `[M]`) probabilities, rows summing to 1.
     num_samples: sample counts n.
     draws: repetitions of the iid simulation.
-    seed: seed of the `numpy.random.Generator` of the simulation.
+    seed: seed of the simulation (image `b` uses `[seed, n, b]`).
     ged_kwargs: `ged` keyword arguments (`num_classes`, `class_ids`, `ignore_index`).
 
   Returns:
-    `{"iid": {str(n): GED}, "set": {str(n): GED}}`, GED averaged over the images.
+    `{"iid": {str(n): GED}, "set": {str(n): GED}}`, GED averaged over the images (NaN images
+    dropped).
   """
   modes = np.asarray(modes)
   p = _check_weights(mode_probs, modes.shape[0], modes.shape[1], "mode_probs")
-  cdf = _normalised_cdf(p)
-  rng = np.random.default_rng(seed)
+  d = pairwise_distances([modes], void_from=modes, void_weights=p, **ged_kwargs)
+  per_image = ideal_geds_from_distances(d, p, num_samples, draws=draws, seed=seed)
+  return {kind: {n: _nanmean(v) for n, v in values.items()}
+          for kind, values in per_image.items()}
 
-  def score(picks):  # [B, n] mode indices -> mean GED of those masks as the samples
-    return _mean_ged_of_picks(modes, picks, modes, p, **ged_kwargs)
 
-  out = {"iid": {}, "set": {}}
+def resampled_ged_from_distances(d, num_pool, reference_weights, num_samples, *, seed=0,
+                                 first_image=0):
+  """Per-image values of `resampled_ged` from the `[B, K + R, K + R]` distances among the `K`
+  pooled samples followed by the `R` references: `{str(n): [B]}`.
+
+  The draws of image `b` come from a generator seeded with `[seed, n, first_image + b]`.
+  """
+  batch = d.shape[0]
+  refs = num_pool + np.arange(d.shape[1] - num_pool)
+  out = {}
   for n in (int(n) for n in num_samples):
-    out["iid"][str(n)] = float(np.mean([score(_draw_modes(cdf, n, rng)) for _ in range(draws)]))
-    out["set"][str(n)] = score(np.stack(
-        [np.repeat(np.arange(p.shape[1]), c) for c in _stratified_counts(p, n)]))
+    picks = np.stack([_image_rng(seed, n, first_image + b).integers(0, num_pool, n)
+                      for b in range(batch)])
+    out[str(n)] = _picked_ged(d, picks, refs, reference_weights)
   return out
 
 
@@ -174,13 +237,19 @@ def resampled_ged(samples, references, reference_weights, num_samples, *, seed=0
 
   For a model whose samples are a fixed ordered set (M-Heads' heads, an ensemble's members) this
   scores it used as a sampler (uniform over its members), the way the Probabilistic U-Net's
-  samples are drawn, instead of as a set. Arguments as in `ged`.
+  samples are drawn, instead of as a set. Image `b` draws with a generator seeded with
+  `[seed, n, b]`; NaN images are dropped from the mean. Arguments as in `ged`.
   """
   samples = np.asarray(samples)
-  rng = np.random.default_rng(seed)
-  out = {}
-  for n in (int(n) for n in num_samples):
-    picks = rng.integers(0, samples.shape[1], (samples.shape[0], n))
-    out[str(n)] = _mean_ged_of_picks(samples, picks, references, reference_weights,
-                                     **ged_kwargs)
-  return out
+  references = np.asarray(references)
+  w = _check_weights(reference_weights, references.shape[0], references.shape[1],
+                     "reference_weights")
+  d = pairwise_distances([samples, references], void_from=references, void_weights=w,
+                         **ged_kwargs)
+  per_image = resampled_ged_from_distances(d, samples.shape[1], w, num_samples, seed=seed)
+  return {n: _nanmean(v) for n, v in per_image.items()}
+
+
+def _nanmean(x):
+  x = np.asarray(x, np.float64)
+  return float(np.nanmean(x)) if np.any(~np.isnan(x)) else float("nan")

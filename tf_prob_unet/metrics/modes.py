@@ -13,7 +13,10 @@ from tf_prob_unet.metrics.distance import _checked_cross_distances
 from tf_prob_unet.metrics.distance import _chunk_images
 from tf_prob_unet.metrics.distance import _labels
 
-__all__ = ["assign_modes", "mode_statistics", "pixel_flip_rates"]
+__all__ = [
+    "assign_modes", "assign_modes_from_distances", "mode_statistics", "mode_statistics_partial",
+    "reduce_mode_statistics", "pixel_flip_rates", "pixel_flip_counts", "flip_rates_from_counts",
+]
 
 
 def assign_modes(samples, modes, mode_probs, *, num_classes=2, class_ids=None, ignore_index=None):
@@ -37,9 +40,14 @@ def assign_modes(samples, modes, mode_probs, *, num_classes=2, class_ids=None, i
   """
   d, p = _checked_cross_distances(samples, modes, "modes", num_classes, class_ids, ignore_index,
                                   mode_probs)  # [B, S, M]
+  return assign_modes_from_distances(d, p)
+
+
+def assign_modes_from_distances(d, mode_probs):
+  """`assign_modes` from the `[B, S, M]` sample-mode distances and `[B, M]` probabilities."""
   # d lies in [0, 1]: 2 stands for NaN (+inf), 3 for excluded modes.
   key = np.where(np.isnan(d), 2.0, d)
-  key = np.where((p > 0)[:, None, :], key, 3.0)
+  key = np.where((mode_probs > 0)[:, None, :], key, 3.0)
   return np.argmin(key, axis=-1).astype(np.int64)
 
 
@@ -73,8 +81,8 @@ def mode_statistics(samples, modes, mode_probs, *, num_samples=(1, 4, 8, 16), nu
     num_samples: sample counts `n` to evaluate, each in `[1, S]`.
     num_classes, class_ids, ignore_index: see `iou_distance_matrix`.
     floor_repeats: repetitions of the perfect-sampler simulation.
-    seed: seed of the `numpy.random.Generator` of the simulation (one generator per `n`,
-      seeded with `[seed, n]`).
+    seed: seed of the simulation (one `numpy.random.Generator` per `n` and image `b`, seeded
+      with `[seed, n, b, 1]`).
 
   Returns:
     A dict (lists and floats, JSON-ready; per-`n` entries keyed by `str(n)`):
@@ -102,32 +110,63 @@ def mode_statistics(samples, modes, mode_probs, *, num_samples=(1, 4, 8, 16), nu
   top = max(ns)
   assigned = assign_modes(samples[:, :top], modes, mode_probs, num_classes=num_classes,
                           class_ids=class_ids, ignore_index=ignore_index)
-  batch = assigned.shape[0]
-  num_modes = np.shape(modes)[1]
-  p = _check_weights(mode_probs, batch, num_modes, "mode_probs")
-  true = p.mean(axis=0)
-  cdf = _normalised_cdf(p)
-  offsets = (np.arange(batch) * num_modes)[:, None]
+  p = _check_weights(mode_probs, assigned.shape[0], np.shape(modes)[1], "mode_probs")
+  return reduce_mode_statistics([mode_statistics_partial(
+      assigned, p, ns, floor_repeats=floor_repeats, seed=seed)])
 
+
+def mode_statistics_partial(assigned, mode_probs, num_samples, *, floor_repeats=20, seed=0,
+                            first_image=0):
+  """The summable part of `mode_statistics` for one batch of images.
+
+  Args:
+    assigned: `[B, S]` mode indices (`assign_modes`).
+    mode_probs: `[B, M]` validated probabilities.
+    num_samples: sample counts `n`, each in `[1, S]`.
+    floor_repeats: repetitions of the perfect-sampler simulation.
+    seed: image `b` simulates with a generator seeded with `[seed, n, first_image + b, 1]`,
+      so the result does not depend on how a split is cut into batches.
+    first_image: index of the batch's first image in the split.
+
+  Returns:
+    A dict of NumPy arrays: `images`, `prob_sum` `[M]`, and per `str(n)`: `counts` `[M]`
+    (pooled over the batch), `per_image_tv` `[B]`, `per_image_floor` `[B]`.
+  """
+  batch, num_modes = mode_probs.shape
+  cdf = _normalised_cdf(mode_probs)
+  offsets = (np.arange(batch) * num_modes)[:, None]
+  out = {"images": batch, "prob_sum": mode_probs.sum(axis=0), "counts": {},
+         "per_image_tv": {}, "per_image_floor": {}}
+  for n in (int(n) for n in num_samples):
+    key = str(n)
+    counts = np.bincount((assigned[:, :n] + offsets).ravel(),
+                         minlength=batch * num_modes).reshape(batch, num_modes)
+    floor = np.zeros(batch)
+    for b in range(batch):  # perfect sampler: inverse-CDF draws of n modes, floor_repeats times
+      rng = np.random.default_rng([int(seed), n, int(first_image) + b, 1])
+      drawn = _draw_modes(np.repeat(cdf[b:b + 1], floor_repeats, axis=0), n, rng)
+      sim = (drawn[:, :, None] == np.arange(num_modes)).sum(axis=1)  # [repeats, M]
+      floor[b] = _per_image_tv(sim, n, mode_probs[b:b + 1]).mean()
+    out["counts"][key] = counts.sum(axis=0)
+    out["per_image_tv"][key] = _per_image_tv(counts, n, mode_probs)
+    out["per_image_floor"][key] = floor
+  return out
+
+
+def reduce_mode_statistics(partials):
+  """Combines `mode_statistics_partial` results (in image order) into `mode_statistics`'s dict."""
+  images = sum(q["images"] for q in partials)
+  true = sum(q["prob_sum"] for q in partials) / images
   result = {"mode_freq_true": true.tolist(), "mode_freq_sampled": {}, "mode_tv": {},
             "mode_tv_per_image": {}, "mode_tv_per_image_floor": {}, "per_image_tv": {}}
-  for n in ns:
-    key = str(n)
-    flat = (assigned[:, :n] + offsets).ravel()
-    counts = np.bincount(flat, minlength=batch * num_modes).reshape(batch, num_modes)
-    pooled = counts.sum(axis=0) / (batch * n)
-    per_image = _per_image_tv(counts, n, p)
-    # Perfect sampler: inverse-CDF draws of n modes per image, floor_repeats times.
-    rng = np.random.default_rng([seed, n])
-    floor = 0.0
-    for _ in range(floor_repeats):
-      drawn = _draw_modes(cdf, n, rng)
-      sim = np.bincount((drawn + offsets).ravel(), minlength=batch * num_modes)
-      floor += _per_image_tv(sim.reshape(batch, num_modes), n, p).mean() / floor_repeats
+  for key in partials[0]["counts"]:
+    pooled = sum(q["counts"][key] for q in partials) / (images * int(key))
+    per_image = np.concatenate([q["per_image_tv"][key] for q in partials])
+    floor = np.concatenate([q["per_image_floor"][key] for q in partials])
     result["mode_freq_sampled"][key] = pooled.tolist()
     result["mode_tv"][key] = float(0.5 * np.abs(pooled - true).sum())
     result["mode_tv_per_image"][key] = float(per_image.mean())
-    result["mode_tv_per_image_floor"][key] = float(floor)
+    result["mode_tv_per_image_floor"][key] = float(floor.mean())
     result["per_image_tv"][key] = per_image.tolist()
   return result
 
@@ -160,6 +199,13 @@ def pixel_flip_rates(samples, labels, flips, *, class_names=None):
   for f in flips:
     if not hasattr(f, "__len__") or len(f) != 3:
       raise ValueError(f"`flips` entries must be (class_id, flipped_id, probability); got {f!r}.")
+  return flip_rates_from_counts(pixel_flip_counts(samples, labels, flips), flips, class_names)
+
+
+def pixel_flip_counts(samples, labels, flips):
+  """The summable counts behind `pixel_flip_rates`: `[F, 3]` int64 per flip, (GT pixels of `c`
+  times S, samples predicting `c` there, samples predicting `c_2` there). Inputs are validated
+  by `pixel_flip_rates`."""
   batch, s = samples.shape[:2]
   pixels = samples.shape[2] * samples.shape[3]
   totals = np.zeros((len(flips), 3), np.int64)
@@ -173,6 +219,11 @@ def pixel_flip_rates(samples, labels, flips, *, class_names=None):
       totals[k, 0] += int(where.sum()) * s
       totals[k, 1] += int(np.count_nonzero((xs == c) & where))
       totals[k, 2] += int(np.count_nonzero((xs == c2) & where))
+  return totals
+
+
+def flip_rates_from_counts(totals, flips, class_names=None):
+  """`pixel_flip_rates`'s dict from `[F, 3]` counts (summed over batches)."""
   out = {}
   for k, (c, c2, prob) in enumerate(flips):
     name = str(c) if class_names is None else str(class_names.get(c, c))

@@ -1,18 +1,118 @@
-"""S_NCC of PHiSeg (Baumgartner et al. 2019); the exact formula is in `s_ncc`'s docstring."""
+"""S_NCC of PHiSeg (Baumgartner et al. 2019): `s_ncc` from the samples' class probabilities
+(PHiSeg's definition, reported as `ncc`), and `s_ncc_labels`, the same formula on one-hot samples.
+"""
 
 import numpy as np
 
 from tf_prob_unet.metrics.distance import _check_pair
+from tf_prob_unet.metrics.distance import _check_weights
 from tf_prob_unet.metrics.distance import _chunk_images
 from tf_prob_unet.metrics.distance import _labels
 from tf_prob_unet.metrics.distance import _resolve_classes
 from tf_prob_unet.metrics.distance import _void_valid
 
-__all__ = ["s_ncc"]
+__all__ = ["s_ncc", "s_ncc_labels"]
+
+# Tolerance of the probability range check (float32 softmax outputs).
+_PROB_ATOL = 1e-4
 
 
-def s_ncc(samples, references, *, num_classes=2, eps=1e-7, ignore_index=None):
-  """S_NCC of PHiSeg (Baumgartner et al. 2019), also reported by SSN, per image.
+def s_ncc(probabilities, references, reference_weights=None, *, num_classes, eps=1e-8,
+          ignore_index=None, num_samples=None):
+  """S_NCC of PHiSeg (`variance_ncc_dist`), from each sample's class probabilities, per image.
+
+  With `s_i` the softmax map of sample `i` (`[H, W, K]`), `sbar = mean_i s_i`, `y_j` the one-hot
+  map of reference `j` and `CE(p, q) = -sum_c q_c log(p_c + eps)` per pixel:
+
+    E_ss(x)   = mean_i CE(s_i, sbar)(x)  = -sum_c sbar_c(x) mean_i log(s_i,c(x) + eps)
+    E_sy_j(x) = mean_i CE(s_i, y_j)(x)   = -mean_i log(s_i,y_j(x)(x) + eps)
+    S_NCC     = sum_j w_j NCC(E_ss, E_sy_j),
+
+  NCC being the normalised cross-correlation over the (valid) pixels,
+  `sum_x (a - mean a) / (std a * n) * (v - mean v) / std v` (the Pearson correlation), and `w_j`
+  the reference weights (uniform `1/R` by default, PHiSeg's mean over the graders). If `E_ss`
+  or `E_sy_j` has zero variance over the pixels (e.g. identical one-hot samples), that NCC is
+  NaN; NaN terms are dropped from the weighted mean with the weights renormalised, and the
+  image is NaN if no term is left. Identical *soft* samples are not NaN: `E_ss` is then the
+  entropy of their shared softmax. Higher is better.
+
+  Args:
+    probabilities: `[B, S, H, W, K]` per-sample class probabilities (softmax outputs),
+      `K == num_classes`.
+    references: `[B, R, H, W]` reference label maps.
+    reference_weights: `[B, R]` (or `[R]`) non-negative weights with rows summing to 1; None
+      gives uniform `1/R`. Zero-weight references are padding.
+    num_classes: number of classes K.
+    eps: the constant inside the logarithm (PHiSeg: 1e-8); the logarithms are taken in the
+      precision of `probabilities`, the sums in float64.
+    ignore_index: optional void label; pixels where any (non-zero-weight) reference equals it
+      are excluded from the correlation.
+    num_samples: optional sample counts `n`: score the first `n` samples for each `n` in one
+      pass over the samples.
+
+  Returns:
+    `[B]` float64, or with `num_samples` a dict `{str(n): [B]}`.
+
+  Raises:
+    ValueError: on malformed inputs.
+  """
+  _resolve_classes(num_classes, None, ignore_index)
+  probs = np.asarray(probabilities)
+  if probs.ndim != 5 or probs.shape[-1] != num_classes:
+    raise ValueError(f"`probabilities` must have shape [B, S, H, W, K = {num_classes}]; got "
+                     f"{probs.shape}.")
+  if probs.dtype.kind != "f":
+    raise ValueError(f"`probabilities` must be floating point; got dtype {probs.dtype}.")
+  if probs.shape[1] < 1:
+    raise ValueError(f"`probabilities` must contain at least 1 sample per image (axis 1); got "
+                     f"{probs.shape[1]}.")
+  references, _ = _labels(references, "references", num_classes, ignore_index)
+  _check_pair(probs[..., 0], "probabilities", references, "references")
+  if not eps > 0:
+    raise ValueError(f"`eps` must be > 0; got {eps}.")
+  batch, s = probs.shape[:2]
+  counts = [s] if num_samples is None else [int(n) for n in num_samples]
+  if not counts or not all(1 <= n <= s for n in counts):
+    raise ValueError(f"`num_samples` must list counts in [1, S = {s}]; got {num_samples}.")
+  r = references.shape[1]
+  w = _check_weights(reference_weights, batch, r, "reference_weights")
+  valid_all = _void_valid(references, ignore_index, w)
+  pixels = probs.shape[2] * probs.shape[3]
+  out = {str(n): np.empty(batch) for n in counts}
+  for b in range(batch):
+    p = probs[b].reshape(s, pixels, num_classes)
+    lo, hi = np.min(p), np.max(p)
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo >= -_PROB_ATOL and hi <= 1 + _PROB_ATOL):
+      raise ValueError(f"`probabilities` must lie in [0, 1]; image {b} holds values in "
+                       f"[{lo}, {hi}].")
+    y = references[b].reshape(r, pixels).T.astype(np.intp)  # [P, R]
+    if valid_all is None:
+      valid = np.ones((pixels, 1), bool)
+    else:
+      valid = valid_all[b].reshape(pixels, 1)
+      y = np.where(valid, y, 0)
+    flat = np.arange(pixels)[:, None] * num_classes + y  # flat indices into [P, K]
+    sum_p = np.zeros((pixels, num_classes))
+    sum_log = np.zeros((pixels, num_classes))
+    for i in range(max(counts)):  # one sample at a time: no [S, P, K] float64 buffer
+      sum_p += p[i]
+      sum_log += np.log(p[i] + p.dtype.type(eps))  # in the probabilities' precision
+      if i + 1 not in counts:
+        continue
+      mean_log = sum_log / (i + 1)
+      e_ss = -np.einsum("pc,pc->p", sum_p / (i + 1), mean_log)
+      e_sy = -np.take(mean_log, flat)  # [P, R]: mean_log[p, y_j(p)]
+      out[str(i + 1)][b] = _mean_pearson(e_ss[None, :, None], e_sy[None], valid[None],
+                                         w[b:b + 1])[0]
+  return out if num_samples is not None else out[str(s)]
+
+
+def s_ncc_labels(samples, references, *, num_classes=2, eps=1e-7, ignore_index=None):
+  """S_NCC computed from sampled label maps (one-hot samples), per image.
+
+  This is `s_ncc` applied to one-hot probability maps, with uniform reference weights; it
+  needs no probabilities, so it scores any model's label maps, but on hard labels its value
+  differs from PHiSeg's S_NCC, which uses the softmax maps.
 
   Samples are turned into one-hot probability maps `s` (`[C, H, W]` each) with mean
   `sbar = mean_s s`; `y_j` is the one-hot map of reference `j`. Following PHiSeg's code
@@ -85,31 +185,33 @@ def s_ncc(samples, references, *, num_classes=2, eps=1e-7, ignore_index=None):
     # B_j = -(log0 + sbar_{y_j} delta).
     agree = np.take_along_axis(counts, yi, axis=2) / s
     b_maps = -(log0 + delta * agree)
-    out[lo:hi] = _mean_pearson(a_map[:, :, None], b_maps, valid)
+    out[lo:hi] = _mean_pearson(a_map[:, :, None], b_maps, valid, np.full((n, r), 1.0 / r))
   return out
 
 
-def _mean_pearson(a, b, valid):
-  """Mean over references of the Pearson correlation of `a` `[n, P, 1]` and `b` `[n, P, R]`.
+def _mean_pearson(a, b, valid, weights):
+  """Weighted mean over references of the Pearson correlation of `a` `[n, P, 1]` and `b`
+  `[n, P, R]`, with `weights` `[n, R]`.
 
   Pixels where `valid` `[n, P, 1]` is False are ignored. A map whose variance is zero (up to
-  rounding: below 1e-24 of its mean square) gives NaN; NaN correlations are skipped in the
-  mean, which is NaN only if all are NaN.
+  rounding: below 1e-24 of its mean square) gives NaN; NaN correlations are dropped from the
+  mean with the weights renormalised over the rest; the mean is NaN if no weight is left.
   """
   w = valid.astype(np.float64)
+  wt = np.swapaxes(w, 1, 2)  # [n, 1, P]: sums over pixels are matrix-vector products
   count = np.maximum(w.sum(axis=1), 1.0)  # [n, 1]
-  ma = np.einsum("npk,npk->nk", a, w) / count
-  mb = np.einsum("npr,npk->nr", b, w) / count
+  ma = (wt @ a)[:, 0] / count  # [n, 1]
+  mb = (wt @ b)[:, 0] / count  # [n, R]
   da = (a - ma[:, None, :]) * w
   db = b - mb[:, None, :]
-  va = np.einsum("npk,npk->nk", da, da)
-  vb = np.einsum("npr,npr,npk->nr", db, db, w)
-  cov = np.einsum("npr,npk->nr", db, da)
-  sq_a = np.einsum("npk,npk,npk->nk", a, a, w)
-  sq_b = np.einsum("npr,npr,npk->nr", b, b, w)
+  va = (np.swapaxes(da, 1, 2) @ da)[:, 0]  # [n, 1]
+  vb = (wt @ (db * db))[:, 0]  # [n, R]
+  cov = (np.swapaxes(da, 1, 2) @ db)[:, 0]  # [n, R]
+  sq_a = va + count * ma * ma  # the mean squares, for the zero-variance test
+  sq_b = vb + count * mb * mb
   ok = (va > 1e-24 * sq_a) & (vb > 1e-24 * sq_b)
   ncc = np.divide(cov, np.sqrt(va * vb), out=np.full(cov.shape, np.nan), where=ok)
   finite = ~np.isnan(ncc)
-  num = np.where(finite, ncc, 0.0).sum(axis=-1)
-  den = finite.sum(axis=-1)
+  num = np.where(finite, weights * np.where(finite, ncc, 0.0), 0.0).sum(axis=-1)
+  den = np.where(finite, weights, 0.0).sum(axis=-1)
   return np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0)
