@@ -8,7 +8,7 @@ DEMO_DIR ?= runs/demo
 
 .PHONY: install demo test test-fast bench allocators compare clean
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip
 	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[test]' --config-settings editable_mode=compat
