@@ -14,6 +14,13 @@ from tf_prob_unet import models, run_dir
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def loss_gradients(model, images, labels):
+  """`(trainable variables, their gradients)` of `model.loss_terms(...)["loss"]` on a batch."""
+  with tf.GradientTape() as tape:
+    loss = model.loss_terms(images, labels, tf.range(len(images)))["loss"]
+  return model.trainable_variables, tape.gradient(loss, model.trainable_variables)
+
+
 def assert_config_round_trip(layer):
   """get_config -> from_config gives the same config, and Keras (de)serialisation works."""
   config = layer.get_config()

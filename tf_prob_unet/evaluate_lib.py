@@ -81,7 +81,7 @@ def sample_batches(model, batches, num_samples, num_classes, seed=0, total=None)
     The batch's entries (`id` renamed `ids`; label maps `references`, `modes`, `label` as
     uint8) plus `samples` `[b, S, H, W]` uint8, `probabilities` `[b, S, H, W, K]` float32 and
     `mean_prediction` `[b, H, W]` uint8 (prior-mean / deterministic prediction), and
-    `sample_seconds`, the wall time of the batch's `model.sample` call.
+    `sample_seconds`, the wall time of the batch's `model.sample` call (graph tracing excluded).
   """
   sample_fn = tf.function(lambda x, s: model.sample(x, num_samples, seed=s, return_probs=True))
   mean_fn = tf.function(lambda x: tf.argmax(model(x, training=False), -1, output_type=tf.int32))
@@ -89,8 +89,10 @@ def sample_batches(model, batches, num_samples, num_classes, seed=0, total=None)
   bar = progress_bar(total) if total else None
   done = 0
   for i, batch in enumerate(batches):
+    seed_i = tf.constant([seed, i], tf.int64)
+    sample_fn.get_concrete_function(batch["image"], seed_i)  # a new shape is traced untimed
     t0 = time.perf_counter()
-    labels, probs = sample_fn(batch["image"], tf.constant([seed, i], tf.int64))
+    labels, probs = sample_fn(batch["image"], seed_i)
     labels = labels.numpy()
     out = {"samples": labels.astype(dtype), "probabilities": probs.numpy(),
            "sample_seconds": time.perf_counter() - t0,
@@ -311,21 +313,11 @@ def evaluate_model(model, batches, spec, num_samples, seed=0, total=None):
   """Samples and scores a split batch by batch: `(metrics dict, kept images for figures)`."""
   counts = sorted(int(n) for n in num_samples)
   scorer = Scorer(spec, counts, seed)
-  timed, timed_samples, first = 0.0, 0, None
-  for i, batch in enumerate(sample_batches(model, batches, max(counts), spec.num_classes, seed,
-                                           total)):
+  timed, timed_samples = 0.0, 0
+  for batch in sample_batches(model, batches, max(counts), spec.num_classes, seed, total):
     scorer.update(batch)
-    if i:  # the first call traces the graph
-      timed += batch["sample_seconds"]
-      timed_samples += batch["samples"].shape[0] * batch["samples"].shape[1]
-    else:
-      first = batch["image"]
-  if not timed_samples and first is not None:  # one batch: timed on a second call
-    for i, again in enumerate(sample_batches(model, [{"image": first}] * 2, max(counts),
-                                             spec.num_classes, seed)):
-      if i:
-        timed = again["sample_seconds"]
-        timed_samples = again["samples"].shape[0] * again["samples"].shape[1]
+    timed += batch["sample_seconds"]
+    timed_samples += batch["samples"].shape[0] * batch["samples"].shape[1]
   result = scorer.result()
   result["seconds_per_sample"] = timed / max(timed_samples, 1)
   return result, scorer.kept
