@@ -72,6 +72,9 @@ def window_ct(values, ct_window):
   return np.round(scaled).astype(np.uint8)
 
 
+NPY = ".npy of CT values"  # what `read_image` says a `.npy` file holds
+
+
 def read_image(path, ct_window=SampleConfig.ct_window):
   """An image file as it is: uint8 `[H, W, C]` with the file's own channels, and a description
   of its channels (the Pillow mode, e.g. `L`, `RGB`, or `.npy`).
@@ -92,7 +95,7 @@ def read_image(path, ct_window=SampleConfig.ct_window):
     if values.ndim != 3:
       raise ValueError(f"--image: expected a [H, W] or [H, W, C] array of CT values in "
                        f"{path!r}, found shape {list(values.shape)}.")
-    return window_ct(values, ct_window), ".npy of CT values"
+    return window_ct(values, ct_window), NPY
   try:
     with Image.open(path) as img:
       img.load()
@@ -129,7 +132,7 @@ def load_image(path, channels, ct_window=SampleConfig.ct_window, size=None):
       takes (one line: what the model takes, what the file has).
   """
   array, kind = read_image(path, ct_window)
-  if channels == 1 and array.shape[-1] == 3 and np.all(array == array[..., :1]):
+  if kind != NPY and channels == 1 and array.shape[-1] == 3 and np.all(array == array[..., :1]):
     array = array[..., :1]
   found = (array.shape[0], array.shape[1], array.shape[-1])
   expected = (tuple(size) if size else found[:2]) + (channels,)
