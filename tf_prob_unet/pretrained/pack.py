@@ -86,11 +86,14 @@ def _git_commit():
   uncommitted changes."""
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   try:
-    commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,
-                            text=True, timeout=30, check=True).stdout.strip()
+    top, commit = subprocess.run(["git", "-C", root, "rev-parse", "--show-toplevel", "HEAD"],
+                                 capture_output=True, text=True, timeout=30,
+                                 check=True).stdout.split()
+    if os.path.realpath(top) != os.path.realpath(root):
+      return "unknown"  # an installed package inside some other repository's folder
     dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True, timeout=30, check=True).stdout.strip()
-  except (OSError, subprocess.SubprocessError):
+  except (OSError, subprocess.SubprocessError, ValueError):
     return "unknown"
   return f"{commit} (with uncommitted changes)" if dirty else commit
 
