@@ -211,7 +211,8 @@ def test_lidc_card_attributes_the_data_and_its_licence():
   card = pack.model_card("lidc_prob_unet", info, "--model=prob_unet\n", "unknown",
                          {"checkpoints/ckpt-15000.index": "0" * 64})
   for text in ("LIDC-IDRI", "The Cancer Imaging Archive", "CC BY 3.0", "Armato",
-               "*Medical Physics* 38(2):915-931, 2011", "Clark, K.", "10.7937/K9/TCIA.2015.LO9QL9SX",
+               "*Medical Physics* 38(2):915-931, 2011", "Clark, K.",
+               "10.7937/K9/TCIA.2015.LO9QL9SX",
                "Not for clinical use", "Package commit: unknown", "64x64x1",
                "sha256 " + "0" * 64 + " checkpoints/ckpt-15000.index"):
     assert text in card, text

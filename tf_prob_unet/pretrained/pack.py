@@ -159,7 +159,8 @@ def model_card(name, info, flags_text, commit, checksums, metrics=(), notes=""):
   kwargs = info["kwargs"]
   dataset = info.get("dataset", "?")
   described = MODEL_NAMES.get(model, model)
-  arch = [f"channels {'-'.join(str(c) for c in kwargs['channels'])}"] if "channels" in kwargs else []
+  arch = ([f"channels {'-'.join(str(c) for c in kwargs['channels'])}"]
+          if "channels" in kwargs else [])
   arch += [f"latent size {kwargs['latent_dim']}"] if "latent_dim" in kwargs else []
   summary = (f"{described[0].upper()}{described[1:]} (`{model}`{', ' if arch else ''}"
              f"{', '.join(arch)}) trained on `{dataset}` ({height}x{width}x{channels} images, "
