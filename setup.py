@@ -5,6 +5,8 @@ flagfile at the repository root shipped inside the package.
   Hugging Face's); its folders have no `__init__.py`, so they are listed as namespace packages.
 - Every `*.flags` at the root is copied into `tf_prob_unet/flagfiles/` of the built package
   (`python -m tf_prob_unet.flagfiles` lists them); a new flagfile needs no change here.
+- Every shipped model folder `tf_prob_unet/pretrained/NAME/` (its `model_config.json`,
+  `flags.cfg`, `MODEL_CARD.md` and `checkpoints/`) is package data; a new one needs no change.
 """
 
 import glob
@@ -41,6 +43,8 @@ setuptools.setup(
     packages=_packages(),
     package_dir={DATASETS: "datasets"},
     package_data={"tf_prob_unet.native": ["*.cc", "*.h"],
+                  "tf_prob_unet.pretrained": ["*/model_config.json", "*/flags.cfg",
+                                              "*/MODEL_CARD.md", "*/checkpoints/*"],
                   **{p: ["*.md", "*.bib", "*.txt", "*.tsv", "*.json"]
                      for p in _packages() if p.startswith(DATASETS)}},
     cmdclass={"build_py": BuildPyWithFlagfiles},

@@ -162,13 +162,33 @@ def _core_venv(wheel, root):
   return venv
 
 
+WHEEL_TEST_MODEL = "wheel_test_tiny"
+
+
+def _add_tiny_shipped_model(source, scratch):
+  """Packs an untrained tiny Probabilistic U-Net (32x32x1) into the copied source's
+  `tf_prob_unet/pretrained/`, beside the models the checkout ships."""
+  from tests.helpers import write_model_dir  # pylint: disable=g-import-not-at-top
+  from tf_prob_unet.pretrained import pack  # pylint: disable=g-import-not-at-top
+  run, _ = write_model_dir(scratch, input_shape=(32, 32, 1), num_classes=2, channels=(4, 8),
+                           convs_per_block=1, latent_dim=3)
+  with open(os.path.join(run, "flags.cfg"), "w") as f:
+    f.write(f"--model=prob_unet\n--model_dir={run}\n--data_dir={scratch}\n")
+  return pack.pack(run, WHEEL_TEST_MODEL, str(source / "tf_prob_unet" / "pretrained"),
+                   log=lambda *_: None)
+
+
 @pytest.mark.slow
 def test_wheel_trains_evaluates_and_exports_outside_the_checkout(tmp_path):
   """Builds the wheel, installs its core (no extras) into a virtual environment of its own, and
   from a directory outside the checkout trains the synthetic demo a few steps with a packaged
-  flagfile, evaluates it and exports a SavedModel."""
+  flagfile, evaluates it and exports a SavedModel; lists the shipped models and samples a PNG
+  with them (`--model_dir=pretrained:NAME`)."""
+  from tf_prob_unet import pretrained  # pylint: disable=g-import-not-at-top
   source, wheels = tmp_path / "source", tmp_path / "wheels"
   _copy_source(source)
+  _add_tiny_shipped_model(source, tmp_path / "tiny_run")
+  shipped = pretrained.names() + [WHEEL_TEST_MODEL]
   built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
                           "--no-build-isolation", "-w", str(wheels), str(source)],
                          capture_output=True, text=True, timeout=600)
@@ -180,6 +200,10 @@ def test_wheel_trains_evaluates_and_exports_outside_the_checkout(tmp_path):
   assert ("tf_prob_unet_datasets/synthetic_ambiguous/synthetic_ambiguous_dataset_builder.py"
           in names and "tf_prob_unet/export/saved_model.py" in names)
   assert not any(n.startswith(("datasets/", "export/", "tests/", "bench/")) for n in names)
+  for name in shipped:  # every file of every shipped model's folder
+    folder = source / "tf_prob_unet" / "pretrained" / name
+    for file in (p for p in folder.rglob("*") if p.is_file()):
+      assert f"tf_prob_unet/pretrained/{name}/{file.relative_to(folder).as_posix()}" in names
 
   venv = _core_venv(wheel, str(tmp_path))
   python = os.path.join(venv, "bin", "python")
@@ -211,3 +235,25 @@ def test_wheel_trains_evaluates_and_exports_outside_the_checkout(tmp_path):
   run("-m", "tf_prob_unet.export", "saved_model", "--model_dir=runs/demo/model",
       "--export_dir=runs/export")
   assert (elsewhere / "runs" / "export" / "prob_unet" / "1" / "saved_model.pb").exists()
+
+  listing = run("-m", "tf_prob_unet.pretrained").stdout.splitlines()
+  assert [line.split("\t")[0] for line in listing] == sorted(shipped)
+  for line in listing:
+    name, path, summary = line.split("\t")
+    assert path.startswith(venv) and summary
+    assert run("-m", "tf_prob_unet.pretrained", name).stdout.strip() == path
+    run("-m", "tf_prob_unet.pretrained", "verify", name)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  for name in sorted({WHEEL_TEST_MODEL, *shipped[:1]}):
+    config = json.loads(open(os.path.join(run("-m", "tf_prob_unet.pretrained", name).stdout
+                                          .strip(), "model_config.json")).read())
+    height, width, channels = config["input_shape"]
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, channels), np.uint8)
+    Image.fromarray(pixels[..., 0] if channels == 1 else pixels).save(elsewhere / "crop.png")
+    run("-m", "tf_prob_unet.sample", f"--model_dir=pretrained:{name}", "--image=crop.png",
+        f"--output_dir=runs/samples_{name}", "--num_samples=4")
+    out = elsewhere / "runs" / f"samples_{name}" / "crop"
+    assert {"sample_03.png", "grid.png", "uncertainty.png", "uncertainty.npy"} <= set(
+        os.listdir(out))
+    assert np.asarray(Image.open(out / "sample_00.png")).shape == (height, width)

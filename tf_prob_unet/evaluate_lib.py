@@ -47,6 +47,7 @@ class EvalConfig:
       raise ValueError("--model_dir: expected at least one training run directory, found none.")
     if not self.output_dir:
       raise ValueError("--output_dir: expected a directory, found an empty string.")
+    run_dir.check_writable(self.output_dir, "--output_dir")
     if not self.num_samples or min(self.num_samples) < 1:
       raise ValueError(f"--num_samples: expected positive sample counts, found "
                        f"{list(self.num_samples)}.")
@@ -324,6 +325,9 @@ def evaluate_model(model, batches, spec, num_samples, seed=0, total=None):
 
 
 def _label(model_dir):
+  """A run's name in the report: its folder's name (`NAME` for `pretrained:NAME`)."""
+  if model_dir.startswith(run_dir.PRETRAINED_PREFIX):
+    return model_dir[len(run_dir.PRETRAINED_PREFIX):]
   return os.path.basename(os.path.normpath(model_dir))
 
 

@@ -9,6 +9,10 @@ A training run (`train_lib.run`) leaves in its `model_dir`:
   their path below the model (`model_weights`), the step and the optimizer/iterator state.
 
 Files are written atomically (`atomic_write`): a failure never leaves one half-written.
+
+Every reader of a run (`load_model`: evaluate, sample, export, make_cues) also accepts
+`pretrained:NAME`, a model shipped inside the package (`tf_prob_unet.pretrained`), resolved by
+`resolve_model_dir`; writers refuse a shipped model's folder (`check_writable`).
 """
 
 import json
@@ -22,6 +26,7 @@ from tf_prob_unet import models
 MODEL_CONFIG_FILE = "model_config.json"
 FLAGS_FILE = "flags.cfg"
 CHECKPOINT_DIR = "checkpoints"
+PRETRAINED_PREFIX = "pretrained:"
 
 
 def atomic_write(path, text):
@@ -53,16 +58,57 @@ def model_weights(model):
           if "seed_generator" not in v.path}
 
 
+def resolve_model_dir(model_dir, flag="--model_dir"):
+  """The directory of a run: `model_dir` itself, or for `pretrained:NAME` the shipped model's
+  folder inside the package, after checking its weights against the model card's checksums.
+
+  Raises:
+    ValueError: an unknown shipped model (the available names listed) or a checksum mismatch.
+  """
+  if not str(model_dir).startswith(PRETRAINED_PREFIX):
+    return model_dir
+  from tf_prob_unet import pretrained  # pylint: disable=g-import-not-at-top
+  try:
+    path = pretrained.path(str(model_dir)[len(PRETRAINED_PREFIX):])
+    pretrained.verify(path)
+  except ValueError as e:
+    raise ValueError(f"{flag}: {e}") from None
+  return path
+
+
+def check_writable(path, flag):
+  """Refuses to write a run or outputs into a shipped model's folder (`pretrained:NAME` or a
+  path inside `tf_prob_unet/pretrained/`): shipped models are read-only.
+
+  Raises:
+    ValueError: `path` names a shipped model or lies inside the package's pretrained folder.
+  """
+  from tf_prob_unet import pretrained  # pylint: disable=g-import-not-at-top
+  if str(path).startswith(PRETRAINED_PREFIX):
+    raise ValueError(f"{flag}: expected a directory to write to, found the shipped model "
+                     f"{path!r} (read-only); pass a directory of your own.")
+  root = os.path.realpath(pretrained.directory())
+  real = os.path.realpath(path)
+  if real == root or real.startswith(root + os.sep):
+    raise ValueError(f"{flag}: expected a directory to write to outside the package's shipped "
+                     f"models ({root}, read-only), found {path!r}.")
+
+
 def load_model(model_dir, checkpoint=None):
   """Rebuilds the model of a run and restores its latest (or the given) checkpoint.
+
+  `model_dir` is a run directory or `pretrained:NAME` (a model shipped in the package, see
+  `resolve_model_dir`).
 
   Returns:
     `(model, info)` where `info` is the saved `model_config.json` (model name, constructor
     arguments, input shape, dataset, training step of the checkpoint under `step`).
 
   Raises:
-    ValueError: `model_dir` has no model configuration or no checkpoint.
+    ValueError: `model_dir` has no model configuration or no checkpoint, or names an unknown
+      shipped model.
   """
+  model_dir = resolve_model_dir(model_dir)
   config_path = os.path.join(model_dir, MODEL_CONFIG_FILE)
   if not os.path.exists(config_path):
     raise ValueError(f"--model_dir: expected a training run with {MODEL_CONFIG_FILE} in "

@@ -10,9 +10,12 @@ image writes to `output_dir/<image stem>/`:
 - `uncertainty.png` and `uncertainty.npy`: the per-pixel entropy of the class frequencies over
   the samples (nats, float32 `[H, W]`; the PNG maps 0 .. log K to black .. white).
 
+Every image must have the model's size and channels (`H x W x C` of its `input_shape`); another
+size or channel count stops with one line saying what the model takes and what the file has.
 Input preprocessing (the SavedModel does the same in its graph):
-- PNG (or any image Pillow reads): converted to the model's channels (grayscale `L` for 1, `RGB`
-  for 3), uint8, then / 255.
+- PNG (or any image Pillow reads): 8-bit values as they are (a palette is expanded, a fully
+  opaque alpha channel dropped, and an RGB image whose three channels are equal read as
+  grayscale for a 1-channel model), then / 255.
 - `.npy`: raw CT values in Hounsfield units, `[H, W]` or `[H, W, C]`: clipped to `ct_window`
   (default -1350 .. 150 HU, the lung window: level -600, width 1500), scaled linearly to
   0 .. 255 and rounded to uint8, then / 255.
@@ -56,6 +59,7 @@ class SampleConfig:
       raise ValueError(f"--num_samples: expected >= 1, found {self.num_samples}.")
     if not self.output_dir:
       raise ValueError("--output_dir: expected a directory, found an empty string.")
+    run_dir.check_writable(self.output_dir, "--output_dir")
     if len(self.ct_window) != 2 or not self.ct_window[0] < self.ct_window[1]:
       raise ValueError(f"--ct_window: expected LOW,HIGH with LOW < HIGH, found "
                        f"{list(self.ct_window)}.")
@@ -68,11 +72,19 @@ def window_ct(values, ct_window):
   return np.round(scaled).astype(np.uint8)
 
 
-def load_image(path, channels, ct_window=SampleConfig.ct_window):
-  """One image as uint8 `[H, W, channels]` (see the module docstring for the conversions).
+NPY = ".npy of CT values"  # what `read_image` says a `.npy` file holds
+
+
+def read_image(path, ct_window=SampleConfig.ct_window):
+  """An image file as it is: uint8 `[H, W, C]` with the file's own channels, and a description
+  of its channels (the Pillow mode, e.g. `L`, `RGB`, or `.npy`).
+
+  PNG (any image Pillow reads): palette images are expanded, a fully opaque alpha channel is
+  dropped, 16-bit and integer grayscale must hold values 0 .. 255. `.npy`: CT values in
+  Hounsfield units `[H, W]` or `[H, W, C]`, windowed to `ct_window` (`window_ct`).
 
   Raises:
-    ValueError: an unreadable file or a channel count that cannot be converted.
+    ValueError: a missing or unreadable file, or values that are not 8-bit.
   """
   if not os.path.isfile(path):
     raise ValueError(f"--image: expected an image file, found nothing at {path!r}.")
@@ -80,20 +92,56 @@ def load_image(path, channels, ct_window=SampleConfig.ct_window):
     values = np.load(path, allow_pickle=False)
     if values.ndim == 2:
       values = values[..., np.newaxis]
-    if values.ndim != 3 or values.shape[-1] != channels:
-      raise ValueError(f"--image: expected a [H, W] or [H, W, {channels}] array of CT values "
-                       f"in {path!r}, found shape {list(values.shape)}.")
-    return window_ct(values, ct_window)
-  if channels not in (1, 3):
-    raise ValueError(f"--image: PNG input is for models with 1 or 3 channels, the model has "
-                     f"{channels}; pass a .npy array [H, W, {channels}] instead of {path!r}.")
+    if values.ndim != 3:
+      raise ValueError(f"--image: expected a [H, W] or [H, W, C] array of CT values in "
+                       f"{path!r}, found shape {list(values.shape)}.")
+    return window_ct(values, ct_window), NPY
   try:
     with Image.open(path) as img:
-      array = np.asarray(img.convert("L" if channels == 1 else "RGB"), np.uint8)
+      img.load()
+      mode = img.mode
+      if mode in ("P", "PA"):
+        img = img.convert("RGBA" if mode == "PA" or "transparency" in img.info else "RGB")
+      elif mode == "1":
+        img = img.convert("L")
+      array = np.asarray(img)
   except OSError as e:
     raise ValueError(f"--image: expected a PNG (or another image Pillow reads), could not read "
                      f"{path!r}: {e}.") from None
-  return array.reshape(array.shape[:2] + (channels,))
+  if array.dtype != np.uint8:
+    if array.size and (array.min() < 0 or array.max() > 255 or np.any(array != np.round(array))):
+      raise ValueError(f"--image: expected 8-bit values 0 .. 255, found {array.min()} .. "
+                       f"{array.max()} in {path!r} (mode {mode}); pass raw CT values as .npy.")
+    array = array.astype(np.uint8)
+  if array.ndim == 2:
+    array = array[..., np.newaxis]
+  if img.mode in ("LA", "RGBA") and np.all(array[..., -1] == 255):
+    array = array[..., :-1]  # an opaque alpha channel carries nothing
+  return array, mode
+
+
+def load_image(path, channels, ct_window=SampleConfig.ct_window, size=None):
+  """One image as uint8 `[H, W, channels]`, refused unless it has the model's channels (and
+  `size`, `(H, W)`, when given).
+
+  A colour image whose three channels are equal (grayscale stored as RGB) is read as grayscale
+  for a 1-channel model; nothing else is converted (see the module docstring).
+
+  Raises:
+    ValueError: an unreadable file, or an image of another channel count or size than the model
+      takes (one line: what the model takes, what the file has).
+  """
+  array, kind = read_image(path, ct_window)
+  if kind != NPY and channels == 1 and array.shape[-1] == 3 and np.all(array == array[..., :1]):
+    array = array[..., :1]
+  found = (array.shape[0], array.shape[1], array.shape[-1])
+  expected = (tuple(size) if size else found[:2]) + (channels,)
+  if found != expected:
+    takes = (f"{expected[0]}x{expected[1]}x{channels} images (height x width x channels)"
+             if size else f"{channels}-channel images")
+    raise ValueError(f"--image: the model takes {takes}, found {found[0]}x{found[1]}x{found[2]} "
+                     f"({kind}) in {path!r}; resize or convert the image first.")
+  return array
 
 
 def keras_sampler(model, channels):
@@ -156,13 +204,8 @@ def run(config, log=print):
     channels = int(info["input_shape"][-1])
     sampler = saved_model_sampler(tf.saved_model.load(config.saved_model), info)
     num_classes = info["num_classes"]
-  images = [load_image(p, channels, config.ct_window) for p in config.image]
   size = tuple(int(v) for v in info["input_shape"][:2])
-  for path, image in zip(config.image, images):
-    if image.shape[:2] != size:
-      raise ValueError(f"--image: the model takes {size[0]}x{size[1]} images (its dataset's "
-                       f"size), found {image.shape[0]}x{image.shape[1]} in {path!r}; resize "
-                       f"the image first.")
+  images = [load_image(p, channels, config.ct_window, size) for p in config.image]
   results = []
   for index, (path, image, name) in enumerate(zip(config.image, images,
                                                   _output_names(config.image))):

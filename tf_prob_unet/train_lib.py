@@ -146,6 +146,7 @@ class TrainConfig:
         raise ValueError(f"--{name}: expected a value in [0, 1), found {getattr(self, name)}.")
     if not self.model_dir:
       raise ValueError("--model_dir: expected a directory, found an empty string.")
+    run_dir.check_writable(self.model_dir, "--model_dir")
     if self.debug_nan_step < 0:
       raise ValueError(f"--debug_nan_step: expected a step >= 0 (0: off), found "
                        f"{self.debug_nan_step}.")

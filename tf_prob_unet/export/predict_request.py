@@ -3,8 +3,8 @@ r"""Writes a TF Serving REST `:predict` request body for images: the example of 
 `python -m tf_prob_unet.export predict_request --image=a.png [--image=b.png] [--num_samples=16]
 [--signature=sample] [--channels=1] > request.json`, then
 `curl -d @request.json http://localhost:8501/v1/models/prob_unet:predict`.
-PNGs are converted to the model's channels as the sample binary does (`sample_lib.load_image`);
-`.npy` files of raw CT values are windowed likewise.
+Images are read as the sample binary reads them (`sample_lib.load_image`: the model's channels,
+`.npy` files of raw CT values windowed likewise); another channel count stops with one line.
 """
 
 import json
