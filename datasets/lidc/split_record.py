@@ -5,9 +5,9 @@ layout that relies on it (`slices`, `pickle`, `raw`) is on record in `splits/<la
 beside the builder. A record file has `#` comment lines naming its source, at most one totals
 line, then one line per patient:
 
-  all splits: <patients> patients, <examples> examples    (optional; either may be `unknown`)
-  <patient_id> <examples>                                  (the examples of the patient in the split)
-  <patient_id>                                             (the patient's examples not recorded)
+  all splits: <patients> patients, <examples> examples   (optional; either may be `unknown`)
+  <patient_id> <examples>                                 (the patient's examples in the split)
+  <patient_id>                                            (the patient's examples not recorded)
 
 `slices` lists the patients of the recorded release with their examples; `pickle` and `raw` list
 every patient id of the LIDC-IDRI collection (`COLLECTION_IDS`) without examples, the totals line
