@@ -544,4 +544,5 @@ def test_build_slices_from_shared_zip(tmp_path):
     assert abs(len(patients[split]) / total - share / 100) < 0.05
   # The prepared dataset is the recorded one, patient by patient.
   assert RECORD.check_prepared(builder) == {s: True for s in COMMON.SPLITS}
-  assert RECORD.observed_counts(builder) == RECORD.read_record("slices")
+  assert RECORD.observed_counts(builder) == RECORD.read_record("slices").splits
+  assert RECORD.read_observed(builder.data_dir) == RECORD.read_record("slices").splits
