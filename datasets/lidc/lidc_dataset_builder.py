@@ -5,9 +5,8 @@ One builder config per layout, one reader module per config (`<config>_reader.py
 features (see `lidc_common`). Build with
 `tfds build datasets/lidc --config=slices --manual_dir=DIR --data_dir=OUT`.
 
-The layouts without a split of their own are split by `lidc_common.patient_split`; what that gave
-on the real data is on record in `splits/` and every build is checked against it
-(`split_record`).
+The layouts without a split of their own are split by `lidc_common.patient_split`; what that gives
+is on record in `splits/` and every build is checked against it (`split_record`).
 """
 
 import dataclasses
@@ -126,16 +125,25 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     config = self.builder_config
+    # Each split is checked against the recorded split of its layout before it is finalised;
+    # its patients' counts go to `patients-<split>.json` for `_download_and_prepare`.
     if isinstance(config, RawConfig):  # Beam PTransforms, one element per CT series.
       generators = raw_reader.split_generators(str(dl_manager.manual_dir),
                                                counts_dir=self.data_dir, options=config.options)
-      return {split: _beam_cropped(transform, split, config.image_size)
+      raw_reader.pickle_by_value(split_record)
+      return {split: (_beam_cropped(transform, split, config.image_size)
+                      | f"Record_{split}" >> split_record.beam_counted(config.reader, split,
+                                                                       self.data_dir))
               for split, transform in generators.items()}
     generators = READERS[config.reader].split_generators(str(dl_manager.manual_dir))
-    # Each split is checked against the recorded split of its layout before it is finalised.
     return {split: split_record.counted(_cropped(examples, config.image_size), config.reader,
-                                        split)
+                                        split, self.data_dir)
             for split, examples in generators.items()}
+
+  def _download_and_prepare(self, dl_manager, download_config):
+    """Writes the splits, then checks them together against the record (`check_all`)."""
+    super()._download_and_prepare(dl_manager, download_config)
+    split_record.check_all(self.builder_config.reader, split_record.read_observed(self.data_dir))
 
   def _generate_examples(self):
     raise NotImplementedError("The readers' split_generators yield the examples.")

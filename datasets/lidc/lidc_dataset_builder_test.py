@@ -305,6 +305,11 @@ def test_builder_builds_each_config_for_the_pipeline(tmp_path, config, writer):
       download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
   counts = {s: builder.info.splits[s].num_examples for s in COMMON.SPLITS}
   assert counts == {s: sum(1 for v in truth.values() if v[0] == s) for s in COMMON.SPLITS}
+  # The record of the layout (none for deepmind) holds the dummy patients in their splits; the
+  # build wrote each split's patients beside the data.
+  expected_check = None if config == "deepmind" else False
+  assert RECORD.check_prepared(builder) == {s: expected_check for s in COMMON.SPLITS}
+  assert RECORD.read_observed(builder.data_dir) == RECORD.observed_counts(builder)
   spec = input_pipeline.dataset_spec(builder)
   size = 64 if config == "slices_64" else 128
   assert spec.kind == "graders" and spec.num_classes == 2 and spec.image_shape == (size, size, 1)
@@ -346,7 +351,7 @@ def test_slices_record_is_the_split_rule_applied_to_the_shared_zip():
   expected = {s: {} for s in COMMON.SPLITS}
   for patient, images in patients.items():
     expected[COMMON.patient_split(patient)][patient] = len(images)
-  assert RECORD.read_record("slices") == expected
+  assert RECORD.read_record("slices").splits == expected
   assert [len(expected[s]) for s in COMMON.SPLITS] == [579, 125, 119]
   assert [sum(expected[s].values()) for s in COMMON.SPLITS] == [10377, 2078, 2145]
 
@@ -361,7 +366,7 @@ def test_splits_are_checked_against_the_record(tmp_path):
   counts = _truth_counts(truth)
   record_dir = str(tmp_path / "record")
   RECORD.write_record("slices", counts, "the test's dummy data", record_dir)
-  assert RECORD.read_record("slices", record_dir) == counts
+  assert RECORD.read_record("slices", record_dir).splits == counts
 
   def check(record_counts):
     RECORD.write_record("slices", record_counts, "edited", record_dir)
@@ -411,12 +416,102 @@ def test_record_files_are_well_formed_or_named(tmp_path):
   path = tmp_path / "pickle_validation.txt"
   path.write_text(path.read_text() + "LIDC-IDRI-0002 two\n")
   with pytest.raises(COMMON.LidcError, match=r"pickle_validation.txt:\d+: expected "
-                     r"'<patient_id> <examples>' with a new patient, found 'LIDC-IDRI-0002 two'"):
+                     r"'<patient_id> \[<examples>\]' or 'all splits: <n> patients, <n> examples', "
+                     r"found 'LIDC-IDRI-0002 two'\.$"):
+    RECORD.read_record("pickle", str(tmp_path))
+  path.write_text(path.read_text().replace("LIDC-IDRI-0002 two\n", "LIDC-IDRI-0001\n"))
+  with pytest.raises(COMMON.LidcError, match=r"pickle_validation.txt:\d+: expected each patient "
+                     r"listed once, found LIDC-IDRI-0001 again \(also in .*pickle_train.txt:\d+\)"):
+    RECORD.read_record("pickle", str(tmp_path))
+  RECORD.write_record("pickle", {"train": {"LIDC-IDRI-0001": 2}}, "test", str(tmp_path),
+                      totals=(1, 2))
+  path.write_text(path.read_text().replace("all splits: 1 patients, 2 examples",
+                                           "all splits: 1 patients, 3 examples"))
+  with pytest.raises(COMMON.LidcError, match=r"pickle_validation.txt:\d+: expected one totals "
+                     r"line per file, the same as .*pickle_train.txt:\d+, found 'all splits: 1 "
+                     r"patients, 3 examples'"):
     RECORD.read_record("pickle", str(tmp_path))
   path.unlink()
   with pytest.raises(COMMON.LidcError, match=r"pickle_validation.txt: expected the record of "
                      r"split 'validation'.*missing"):
     RECORD.read_record("pickle", str(tmp_path))
+
+
+@pytest.mark.parametrize("layout,totals", [("pickle", (875, 15096)), ("raw", (None, None))])
+def test_collection_records_are_the_split_rule_on_the_id_range(layout, totals):
+  record = RECORD.read_record(layout)
+  expected = {s: {} for s in COMMON.SPLITS}
+  for n in range(1, 1013):
+    expected[COMMON.patient_split(f"LIDC-IDRI-{n:04d}")][f"LIDC-IDRI-{n:04d}"] = None
+  assert record.splits == expected
+  assert [len(expected[s]) for s in COMMON.SPLITS] == [699, 156, 157]
+  assert (record.total_patients, record.total_examples) == totals
+
+
+def _moved_record(layout, patient, to_split, directory):
+  """Writes the committed record of `layout` into `directory`, `patient` listed in `to_split`."""
+  record = RECORD.read_record(layout)
+  splits = {s: dict(v) for s, v in record.splits.items()}
+  from_split = next(s for s, v in splits.items() if patient in v)
+  splits[to_split][patient] = splits[from_split].pop(patient)
+  RECORD.write_record(layout, splits, "moved", directory,
+                      totals=(record.total_patients, record.total_examples))
+  return from_split
+
+
+def test_pickle_build_with_a_patient_recorded_in_another_split_fails(tmp_path, monkeypatch):
+  manual = tmp_path / "manual"
+  write_pickle(manual, np.random.default_rng(8))
+  patient = _patients_covering_splits()["validation"][0]
+  _moved_record("pickle", patient, "test", str(tmp_path / "record"))
+  monkeypatch.setattr(RECORD, "RECORD_DIR", str(tmp_path / "record"))
+  builder = BUILDER_MODULE.Builder(config="pickle", data_dir=str(tmp_path / "data"))
+  with pytest.raises(COMMON.LidcError, match=(
+      r"pickle_validation.txt: expected the recorded split of lidc/pickle \(155 patients in "
+      rf"validation, examples not recorded\), found patient {patient} in validation, recorded "
+      r"in test\.$")):
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+  assert not os.path.exists(os.path.join(builder.data_dir, "dataset_info.json"))
+
+
+def test_recorded_totals_are_checked_when_the_data_has_the_recorded_patients(tmp_path,
+                                                                              monkeypatch):
+  manual = tmp_path / "manual"
+  truth = write_pickle(manual, np.random.default_rng(9))
+  observed = {s: {} for s in COMMON.SPLITS}
+  for key, (split, _, _) in truth.items():
+    patient = key.split("_")[0]
+    observed[split][patient] = observed[split].get(patient, 0) + 1
+  record_dir = str(tmp_path / "record")
+  splits = RECORD.read_record("pickle").splits
+
+  def check(totals):
+    RECORD.write_record("pickle", splits, "edited", record_dir, totals=totals)
+    return RECORD.check_all("pickle", observed, record_dir)
+
+  assert check((6, 12)) is True  # The dummy pickle: 6 patients, 12 examples.
+  assert check((7, 12)) is False  # Other data (another number of patients): not compared.
+  assert check((6, None)) is None and check((None, None)) is None
+  with pytest.raises(COMMON.LidcError, match=(
+      r"pickle_\*.txt: expected the recorded lidc/pickle \(6 patients, 13 examples in all "
+      r"splits\), found 12 examples of 6 patients\.$")):
+    check((6, 13))
+  # The builder checks the totals once every split is written: nothing is prepared.
+  monkeypatch.setattr(RECORD, "RECORD_DIR", record_dir)
+  builder = BUILDER_MODULE.Builder(config="pickle", data_dir=str(tmp_path / "data"))
+  with pytest.raises(COMMON.LidcError, match=r"found 12 examples of 6 patients\.$"):
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+  assert not os.path.exists(os.path.join(builder.data_dir, "dataset_info.json"))
+
+
+def test_a_patient_in_two_splits_fails_with_or_without_a_record(tmp_path):
+  observed = {"train": {"LIDC-IDRI-9001": 2}, "test": {"LIDC-IDRI-9001": 1}}
+  for directory in (None, str(tmp_path)):
+    with pytest.raises(COMMON.LidcError, match=r"^lidc/pickle: expected each patient in one "
+                       r"split, found LIDC-IDRI-9001 in train and in test\.$"):
+      RECORD.check_all("pickle", observed, directory)
 
 
 # ----------------------------------------------------------------------------- integration
@@ -449,4 +544,5 @@ def test_build_slices_from_shared_zip(tmp_path):
     assert abs(len(patients[split]) / total - share / 100) < 0.05
   # The prepared dataset is the recorded one, patient by patient.
   assert RECORD.check_prepared(builder) == {s: True for s in COMMON.SPLITS}
-  assert RECORD.observed_counts(builder) == RECORD.read_record("slices")
+  assert RECORD.observed_counts(builder) == RECORD.read_record("slices").splits
+  assert RECORD.read_observed(builder.data_dir) == RECORD.read_record("slices").splits

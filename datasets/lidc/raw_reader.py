@@ -842,7 +842,7 @@ def split_generators(manual_dir, counts_dir=None, options=None):
   beam = extras.require("apache_beam", "dicom", "the lidc/raw config")
   extras.require("pydicom", "dicom", "the lidc/raw config")
   options = options or RawOptions()
-  _pickle_by_value()
+  pickle_by_value()
   by_split = collections.defaultdict(list)
   for patient_id, folder in find_series(manual_dir):
     by_split[lidc_common.patient_split(patient_id)].append((patient_id, folder))
@@ -900,8 +900,8 @@ def _report_counts(counts, split, counts_dir):
   temporary.replace(path)
 
 
-def _pickle_by_value():
-  """Ships this module and `lidc_common` to Beam workers inside the pickled steps.
+def pickle_by_value(*modules):
+  """Ships this module, `lidc_common` and `modules` to Beam workers inside the pickled steps.
 
   The builder folder is imported under a name of the caller's choosing (`lidc.` from the
   `tfds build` command, `tf_prob_unet_datasets.lidc.` from the training code), which a remote
@@ -920,5 +920,5 @@ def _pickle_by_value():
   except ImportError:
     pass
   for pickler in picklers:  # With dill instead, the workers need the folder on their path.
-    for module in (sys.modules[__name__], lidc_common):
+    for module in (sys.modules[__name__], lidc_common) + modules:
       pickler.register_pickle_by_value(module)

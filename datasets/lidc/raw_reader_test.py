@@ -422,6 +422,41 @@ def test_sample_crops_are_centred_and_areas_match_the_polygons(sample, patient):
       assert mask_mm2 == pytest.approx(polygon_mm2, rel=0.10), (crop.slice_id, reader)
 
 
+def test_sample_passes_the_recorded_split_and_a_moved_patient_fails(sample, tmp_path):
+  # The sample's crops through the builder's check (`split_record.beam_counted`), in Beam.
+  beam = pytest.importorskip("apache_beam")
+  from apache_beam.runners.portability import fn_api_runner  # pylint: disable=g-import-not-at-top
+  record = importlib.import_module("tf_prob_unet_datasets.lidc.split_record")
+  by_split = collections.defaultdict(list)
+  for patient, (result, _) in sample.items():
+    by_split[rr.lidc_common.patient_split(patient)] += [rr.crop_to_example(c) for c in result.crops]
+
+  def build(split, observed_dir, record_dir=None):
+    with beam.Pipeline(runner=fn_api_runner.FnApiRunner()) as pipeline:
+      _ = (pipeline | beam.Create(by_split[split])
+           | record.beam_counted("raw", split, str(observed_dir), record_dir))
+
+  for split in by_split:
+    build(split, tmp_path)
+  observed = record.read_observed(tmp_path)
+  assert observed == {split: dict(collections.Counter(ex["patient_id"] for _, ex in examples))
+                      for split, examples in by_split.items()}
+  assert sum(map(len, observed.values())) == 3
+  assert record.check_all("raw", observed) is None  # No totals on record for raw.
+  # The record with one sample patient listed in another split.
+  patient = "LIDC-IDRI-0001"
+  split = rr.lidc_common.patient_split(patient)
+  other = next(s for s in rr.lidc_common.SPLITS if s != split)
+  splits = {s: dict(v) for s, v in record.read_record("raw").splits.items()}
+  splits[other][patient] = splits[split].pop(patient)
+  record.write_record("raw", splits, "moved", str(tmp_path / "record"))
+  with pytest.raises(rr.LidcError, match=(
+      rf"raw_{split}.txt: expected the recorded split of lidc/raw \({len(splits[split])} "
+      rf"patients in {split}, examples not recorded\), found patient {patient} in {split}, "
+      rf"recorded in {other}\.")):
+    build(split, tmp_path / "moved", str(tmp_path / "record"))
+
+
 # -----------------------------------------------------------------------------
 # The Beam pipeline.
 # -----------------------------------------------------------------------------
@@ -453,6 +488,10 @@ def _check_build(data_dir, expected):
       assert [m.any() for m in example["masks"]] == [True, True, False, False]
       assert example["lesion_id"].decode() in example["id"].decode()
     counts.update(json.loads(pathlib.Path(builder.data_dir, f"raw_counts-{split}.json").read_text()))
+    # The builder checked the split against the record and wrote its patients beside the data.
+    patients = json.loads(pathlib.Path(builder.data_dir, f"patients-{split}.json").read_text())
+    assert sum(patients.values()) == len(keys) and set(patients) <= {"LIDC-IDRI-9001",
+                                                                     "LIDC-IDRI-9002"}
   assert counts["series"] == 3 and counts["series_skipped_no_xml"] == 1
   assert counts["crops"] == 5 and counts["outlines_used"] == 10
   spec = input_pipeline.dataset_spec(builder)
