@@ -17,6 +17,8 @@ _MAX_CHUNK_IMAGES = 64
 # Above this fraction of pixels where some mask holds the class, the Gram matrices of a chunk
 # are one batched product over all pixels; below it, one product per image over its support.
 _DENSE_SUPPORT = 0.5
+# Labels per pixel tile: the tile's comparisons with every class run while it is in cache.
+_TILE_ELEMENTS = 1 << 20
 _WEIGHT_ATOL = 1e-5
 
 
@@ -54,6 +56,11 @@ def _check_values(x, name, num_classes, ignore_index):
   lo = 0 if x.dtype.kind in "bu" else x.min()
   if lo >= 0 and hi < num_classes:
     return bool(hi <= 1)
+  if (x.dtype.kind == "u" and ignore_index is not None and hi == ignore_index
+      and ignore_index == np.iinfo(x.dtype).max and num_classes <= ignore_index):
+    # One pass: adding 1 wraps `ignore_index` to 0 and moves every class c to c + 1.
+    if np.add(x, 1, dtype=x.dtype).max() <= num_classes:
+      return False
   bad = (x < 0) | (x >= num_classes)
   if ignore_index is not None:
     bad &= x != ignore_index
@@ -205,6 +212,34 @@ def _class_counts(m):
   return out
 
 
+def _all_class_counts(x, classes, valid, plain):
+  """`_class_counts` of every class in `classes`, tile by tile over the pixels.
+
+  For a chunk of one (large) image, each tile of pixels (about `_TILE_ELEMENTS` labels) is compared with every class while it is in
+  cache, instead of streaming the whole `[n, M, P]` array once per class; counts are exact
+  integers, so the sums over tiles equal the one-pass result.
+
+  Args:
+    x: `[n, M, P]` labels.
+    classes: evaluated class ids.
+    valid: `[n, 1, P]` bool or None.
+    plain: see `_indicator`.
+
+  Returns:
+    `[len(classes), n, M, M]` int64: per class, sizes on the diagonal, intersections off it.
+  """
+  n, masks, pixels = x.shape
+  out = np.zeros((len(classes), n, masks, masks), np.int64)
+  # Chunks of several images are small images (their per-image support loops stay short).
+  tile = pixels if n > 1 else max(1024, _TILE_ELEMENTS // masks)
+  for lo in range(0, pixels, tile):
+    xt = x[:, :, lo:lo + tile]
+    vt = None if valid is None else valid[:, :, lo:lo + tile]
+    for k, c in enumerate(classes):
+      out[k] += _class_counts(_indicator(xt, c, vt, plain))
+  return out
+
+
 def _pair_distances(groups, plains, valid, binary, classes, pi, pj):
   """Distances `1 - IoU` between selected pairs of masks, per image.
 
@@ -238,9 +273,8 @@ def _pair_distances(groups, plains, valid, binary, classes, pi, pj):
     plain = binary and all(plains) and v is None
     if v is not None and n == 1:  # drop the void pixels once instead of masking every class
       x, v = np.compress(v[0, 0], x, axis=2), None
-    for c in classes:
-      m = _indicator(x, c, v, plain)
-      gram = _class_counts(m)
+    grams = _all_class_counts(x, classes, v, plain)
+    for gram in grams:
       sizes = np.diagonal(gram, axis1=1, axis2=2)
       inter = gram[:, pi, pj]
       union = sizes[:, pi] + sizes[:, pj] - inter
