@@ -215,9 +215,10 @@ def _class_counts(m):
 def _all_class_counts(x, classes, valid, plain):
   """`_class_counts` of every class in `classes`, tile by tile over the pixels.
 
-  For a chunk of one (large) image, each tile of pixels (about `_TILE_ELEMENTS` labels) is compared with every class while it is in
-  cache, instead of streaming the whole `[n, M, P]` array once per class; counts are exact
-  integers, so the sums over tiles equal the one-pass result.
+  For a chunk of one (large) image, each tile of pixels (about `_TILE_ELEMENTS` labels) is
+  compared with every class while it is in cache, instead of streaming the whole `[n, M, P]`
+  array once per class; counts are exact integers, so the sums over tiles equal the one-pass
+  result. Chunks of several (small) images are one tile.
 
   Args:
     x: `[n, M, P]` labels.
@@ -230,7 +231,6 @@ def _all_class_counts(x, classes, valid, plain):
   """
   n, masks, pixels = x.shape
   out = np.zeros((len(classes), n, masks, masks), np.int64)
-  # Chunks of several images are small images (their per-image support loops stay short).
   tile = pixels if n > 1 else max(1024, _TILE_ELEMENTS // masks)
   for lo in range(0, pixels, tile):
     xt = x[:, :, lo:lo + tile]
