@@ -341,3 +341,19 @@ def test_flagfiles_name_valid_settings_and_the_release_architecture():
           lidc["top_k"]) == ("geco", 0.05, 0.02, "stochastic")
   channels = demo["channels"].split(",")
   assert 64 % 2 ** (len(channels) - 1) == 0  # the 64x64 synthetic images fit the levels
+
+
+def test_cpu_recipe_flagfile_trains_the_hpu_net_like_the_prob_unet_recipe():
+  import dataclasses
+  from tf_prob_unet import train_lib
+  fields = {f.name for f in dataclasses.fields(train_lib.TrainConfig)}
+  hpu, prob = _flagfile("lidc_cpu_hpu.flags"), _flagfile("lidc_cpu.flags")
+  assert hpu["model"] == "hprob_unet" and set(hpu) <= fields, set(hpu) - fields
+  # The results table compares models, not training: data, batch, objective and schedule agree.
+  for key in ("dataset", "batch_size", "train_steps", "lr_values", "lr_boundaries", "beta",
+              "weight_decay", "seed"):
+    assert float(hpu[key]) == float(prob[key]) if key in ("beta", "weight_decay") else (
+        hpu[key] == prob[key]), key
+  assert hpu.get("objective", "elbo") == prob.get("objective", "elbo") == "elbo"
+  levels = len(hpu["channels"].split(","))
+  assert 2 ** (levels - 1) == 64  # 64x64 windows down to 1x1, as the release's 128 -> 1
