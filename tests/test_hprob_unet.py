@@ -350,10 +350,10 @@ def test_cpu_recipe_flagfile_trains_the_hpu_net_like_the_prob_unet_recipe():
   hpu, prob = _flagfile("lidc_cpu_hpu.flags"), _flagfile("lidc_cpu.flags")
   assert hpu["model"] == "hprob_unet" and set(hpu) <= fields, set(hpu) - fields
   # The results table compares models, not training: data, batch, objective and schedule agree.
-  for key in ("dataset", "batch_size", "train_steps", "lr_values", "lr_boundaries", "beta",
-              "weight_decay", "seed"):
-    assert float(hpu[key]) == float(prob[key]) if key in ("beta", "weight_decay") else (
-        hpu[key] == prob[key]), key
+  for key in ("dataset", "batch_size", "train_steps", "lr_values", "lr_boundaries", "seed"):
+    assert hpu[key] == prob[key], key
+  for key in ("beta", "weight_decay"):
+    assert float(hpu[key]) == float(prob[key]), key
   assert hpu.get("objective", "elbo") == prob.get("objective", "elbo") == "elbo"
   levels = len(hpu["channels"].split(","))
   assert 2 ** (levels - 1) == 64  # 64x64 windows down to 1x1, as the release's 128 -> 1
