@@ -354,6 +354,73 @@ def test_chunking_does_not_change_results(monkeypatch, dense_support):
                              rtol=0, atol=1e-12)
 
 
+def _blocky_masks(rng, shape, num_classes):
+  """Piecewise-constant label maps: 4x4 blocks shared by all masks of an image, each mask
+  relabelling a few blocks (so pixel columns repeat, in runs and across rows)."""
+  b, m, h, w = shape
+  base = rng.integers(0, num_classes, (b, 1, h // 4, w // 4))
+  grid = np.repeat(base, m, axis=1)
+  hit = rng.random(grid.shape) < 0.1
+  grid[hit] = rng.integers(0, num_classes, hit.sum())
+  return np.repeat(np.repeat(grid, 4, axis=2), 4, axis=3)
+
+
+@pytest.mark.parametrize("masks", [(5, 3), (5, 11)])  # 8 and 16 masks per image, 1 byte each
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64])
+@pytest.mark.parametrize("binary", [True, False])
+def test_distinct_columns_give_the_per_pixel_results(monkeypatch, masks, dtype, binary):
+  """The distinct-column path (runs, merged rows) equals the per-pixel path and the direct
+  per-pair computation, with void pixels, for label maps with and without repeated columns."""
+  rng = np.random.default_rng(17)
+  num_classes = 2 if binary else 5
+  classes = [1] if binary else [0, 2, 3]
+  ignore = 255
+  for make in (_blocky_masks, lambda r, shape, k: _random_masks(r, shape, k)):
+    a = make(rng, (2, masks[0], 16, 24), num_classes).astype(dtype)
+    b = make(rng, (2, masks[1], 16, 24), num_classes).astype(dtype)
+    b[0, 1, :3, :5] = ignore
+    kwargs = dict(num_classes=num_classes, class_ids=None if binary else classes,
+                  ignore_index=ignore)
+    monkeypatch.setattr(metrics.distance, "_CHUNK_ELEMENTS", 1)  # one image per chunk
+    results = []
+    for fraction in (2.0, -1.0):  # every image by distinct columns / every image per pixel
+      monkeypatch.setattr(metrics.distance, "_ROW_FRACTION", fraction)
+      results.append((metrics.iou_distance_matrix(a, b, **kwargs),
+                      metrics.ged(a, b, **kwargs)))
+    for i in range(2):
+      valid = ~np.any(b[i] == ignore, axis=0)
+      expected = [[_direct_distance(x, y, valid, classes, binary) for y in b[i]] for x in a[i]]
+      _assert_nan_equal(results[0][0][i], np.array(expected))
+    _assert_nan_equal(results[0][0], results[1][0])
+    _assert_nan_equal(results[0][1], results[1][1])
+
+
+def test_merging_equal_columns_is_exact_under_hash_collisions(monkeypatch):
+  rng = np.random.default_rng(4)
+  rows = rng.integers(0, 3, (50, 12)).astype(np.uint8)
+  rows[25:] = rows[:25]  # every row twice
+  weights = rng.integers(1, 9, 50)
+  merged, merged_w = metrics.distance._merge_equal_rows(rows, weights)
+  distinct = np.unique(rows, axis=0)
+  assert len(merged) == len(distinct) == 25
+  assert merged_w.sum() == weights.sum()
+  for row, w in zip(merged, merged_w):
+    assert w == weights[np.all(rows == row, axis=1)].sum()
+  # A hash that sends every row to one bucket: the check finds it and nothing is merged.
+  monkeypatch.setattr(metrics.distance, "_HASH_MULTIPLIERS", np.zeros(256, np.uint64))
+  same, same_w = metrics.distance._merge_equal_rows(rows, weights)
+  np.testing.assert_array_equal(same, rows)
+  np.testing.assert_array_equal(same_w, weights)
+  samples = _blocky_masks(rng, (2, 4, 16, 24), 3)
+  refs = _blocky_masks(rng, (2, 4, 16, 24), 3)
+  monkeypatch.setattr(metrics.distance, "_CHUNK_ELEMENTS", 1)
+  monkeypatch.setattr(metrics.distance, "_ROW_FRACTION", 2.0)
+  collided = metrics.ged(samples, refs, num_classes=3)
+  monkeypatch.setattr(metrics.distance, "_ROW_FRACTION", -1.0)
+  np.testing.assert_allclose(collided, metrics.ged(samples, refs, num_classes=3), rtol=0,
+                             atol=1e-12)
+
+
 def test_input_dtypes_agree():
   rng = np.random.default_rng(5)
   samples = _random_masks(rng, (2, 4, 8, 8), 2)

@@ -5,6 +5,13 @@ Implementation.
   Gram matrix `X X^T` of their 0/1 indicators `X` `[M, P]` (a BLAS matrix product), restricted
   to the pixels where some mask holds the class. Counts are exact integers, so results do not
   depend on the chunking.
+
+  A large image is first reduced to its distinct pixel columns (the labels of all masks at one
+  pixel), each weighted by how many pixels share it: runs of equal columns along the raster
+  order, then equal runs merged (hashing, verified exactly). The Gram matrices become
+  `X^T diag(w) X` over these rows. Segmentations are piecewise constant, so this usually leaves
+  a few percent of the pixels; images where it would leave more than `_ROW_FRACTION` of them
+  take the per-pixel products.
 """
 
 import numpy as np
@@ -20,6 +27,16 @@ _DENSE_SUPPORT = 0.5
 # Labels per pixel tile: the tile's comparisons with every class run while it is in cache.
 _TILE_ELEMENTS = 1 << 20
 _WEIGHT_ATOL = 1e-5
+# A single-image chunk is counted over its distinct pixel columns when the runs of equal
+# columns number at most this fraction of its pixels. Measured at Cityscapes size (48 masks,
+# 10 classes) with growing per-pixel noise, the column path was faster up to runs at about
+# 0.63 of the pixels (0.032 s against 0.039 s per image) and slower from 0.84 (0.054 s against
+# 0.040 s); pure noise costs it 0.16 s against 0.10 s.
+_ROW_FRACTION = 0.5
+# Odd multipliers of the column hash (fixed: results never depend on them, collisions are
+# detected and undone).
+_HASH_MULTIPLIERS = np.random.default_rng(20181203).integers(
+    1, 2**63, 256, dtype=np.uint64) | np.uint64(1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -240,6 +257,103 @@ def _all_class_counts(x, classes, valid, plain):
   return out
 
 
+def _column_runs(x, valid):
+  """Runs of equal pixel columns of one image, in raster order.
+
+  Args:
+    x: `[M, P]` labels of the M masks.
+    valid: `[P]` bool or None; void pixels end runs and are dropped.
+
+  Returns:
+    `(rows [R, M], weights [R] int64)`: each run's column and length.
+  """
+  pixels = x.shape[1]
+  change = np.empty(pixels, bool)
+  change[:1] = True
+  np.any(x[:, 1:] != x[:, :-1], axis=0, out=change[1:])
+  if valid is not None:
+    change[1:] |= valid[1:] != valid[:-1]
+  starts = np.flatnonzero(change)
+  weights = np.diff(starts, append=pixels)
+  if valid is not None:
+    keep = valid[starts]
+    starts, weights = starts[keep], weights[keep]
+  return np.ascontiguousarray(x[:, starts].T), weights
+
+
+def _merge_equal_rows(rows, weights):
+  """Merges equal rows of `rows` `[R, M]`, adding their weights.
+
+  Rows are grouped by a 64-bit hash of their bytes; the grouping is then checked row by row,
+  and on a collision the rows are returned unmerged, so the result is always exact.
+
+  Returns:
+    `(rows [U, M], weights [U])`.
+  """
+  count = rows.shape[0]
+  raw = rows.view(np.uint8).reshape(count, -1)
+  if raw.shape[1] % 8:
+    raw = np.pad(raw, ((0, 0), (0, 8 - raw.shape[1] % 8)))
+  words = raw.view(np.uint64)
+  if words.shape[1] > len(_HASH_MULTIPLIERS):
+    return rows, weights
+  h = words[:, 0] * _HASH_MULTIPLIERS[0]
+  for k in range(1, words.shape[1]):
+    h ^= h >> np.uint64(29)
+    h += words[:, k] * _HASH_MULTIPLIERS[k]
+  _, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+  if len(first) == count:
+    return rows, weights
+  merged = rows[first]
+  if not np.array_equal(merged[inverse], rows):  # a hash collision: keep the rows apart
+    return rows, weights
+  return merged, np.bincount(inverse, weights=weights, minlength=len(first)).astype(np.int64)
+
+
+def _row_class_counts(rows, weights, classes, pixels):
+  """Per-class sizes and intersections from weighted pixel columns.
+
+  Args:
+    rows: `[R, M]` labels: one pixel column (the label of every mask) per row.
+    weights: `[R]` int64 number of pixels each row stands for.
+    classes: evaluated class ids.
+    pixels: total weight bound, to choose an exact float type.
+
+  Returns:
+    `[len(classes), 1, M, M]` int64, as `_all_class_counts` for one image.
+  """
+  masks = rows.shape[1]
+  dtype = np.float32 if pixels < 2**24 else np.float64
+  w = weights.astype(dtype)
+  out = np.zeros((len(classes), 1, masks, masks), np.int64)
+  for k, c in enumerate(classes):
+    m = rows == c
+    if masks % 8 == 0:  # "any mask holds c" as OR over 8-byte words of each row
+      words = m.view(np.uint64)
+      support = words[:, 0].copy()
+      for j in range(1, words.shape[1]):
+        support |= words[:, j]
+      support = support != 0
+    else:
+      support = m.any(axis=1)
+    a = m[support].astype(dtype)
+    out[k, 0] = np.rint((a * w[support, None]).T @ a).astype(np.int64)
+  return out
+
+
+def _image_class_counts(x, classes, valid, plain):
+  """`_all_class_counts` for a chunk of one image `x` `[1, M, P]` (`valid` `[1, 1, P]`)."""
+  pixels = x.shape[2]
+  v = None if valid is None else valid[0, 0]
+  rows, weights = _column_runs(x[0], v)
+  if len(rows) <= _ROW_FRACTION * pixels:
+    rows, weights = _merge_equal_rows(rows, weights)
+    return _row_class_counts(rows, weights, classes, pixels)
+  if v is not None:  # drop the void pixels once instead of masking every class
+    x, valid = np.compress(v, x, axis=2), None
+  return _all_class_counts(x, classes, valid, plain)
+
+
 def _pair_distances(groups, plains, valid, binary, classes, pi, pj):
   """Distances `1 - IoU` between selected pairs of masks, per image.
 
@@ -271,9 +385,10 @@ def _pair_distances(groups, plains, valid, binary, classes, pi, pj):
     self_present = np.zeros((n, total), bool)
     x = np.concatenate([g[lo:hi].reshape(n, k, pixels) for g, k in zip(groups, counts)], axis=1)
     plain = binary and all(plains) and v is None
-    if v is not None and n == 1:  # drop the void pixels once instead of masking every class
-      x, v = np.compress(v[0, 0], x, axis=2), None
-    grams = _all_class_counts(x, classes, v, plain)
+    if n == 1:
+      grams = _image_class_counts(x, classes, v, plain)
+    else:
+      grams = _all_class_counts(x, classes, v, plain)
     for gram in grams:
       sizes = np.diagonal(gram, axis1=1, axis2=2)
       inter = gram[:, pi, pj]
