@@ -80,7 +80,8 @@ Implementation.
   Per evaluated class, the sizes and pairwise intersections of all masks of an image are one
   Gram matrix `X X^T` of their 0/1 indicators `X` `[M, P]` (a BLAS matrix product), restricted
   to the pixels where some mask holds the class. Counts are exact integers, so results do not
-  depend on the chunking.
+  depend on the chunking. Large, piecewise-constant images are first reduced to their distinct
+  pixel columns weighted by their pixel counts (exact; see `distance`).
 
 Mode statistics (`assign_modes`, `mode_statistics`, `pixel_flip_rates`).
   Each sample is assigned to `argmin_m d(Y_m, S)` over modes with non-zero probability; ties go
